@@ -33,7 +33,7 @@ def respace(kind: str, total_steps: int, steps: int) -> list:
     uniform / uniform-leading: 0, s, 2s, … with s = total_steps // steps (guided-diffusion's ``ddimN``
     where steps divides total_steps); uniform-linspace: round(linspace(0, T−1, steps));
     uniform-trailing: T−1, T−1−T/steps, … (ends at the last step); quad: the DDIM paper's quadratic
-    spacing, dense near t = 0; none: every step (``steps`` is ignored).
+    spacing up to 0.8·T, dense near t = 0 (steps closer than 1 apart are pushed up to stay distinct); none: every step (``steps`` is ignored).
     """
     if kind == "none":
         return list(range(total_steps))
@@ -50,6 +50,9 @@ def respace(kind: str, total_steps: int, steps: int) -> list:
     else:  # quad
         ts = np.linspace(0, math.sqrt(total_steps * 0.8), steps) ** 2
     ts = [int(t) for t in ts]
+    if kind == "quad":  # near t = 0 the squares are closer than one step apart: keep them distinct
+        for i in range(1, len(ts)):
+            ts[i] = max(ts[i], ts[i - 1] + 1)  # stays below total_steps: ts[i] <= max(0.8·T, i)
     if any(b <= a for a, b in zip(ts, ts[1:])):
         raise ValueError(f"respace type {kind!r} with {steps} of {total_steps} steps repeats timesteps; "
                          "use fewer steps or another type")

@@ -201,13 +201,17 @@ class AttentionPool2d(nn.Module):
 def _build_encoder(model: nn.Module, in_channels: int, model_channels: int, num_res_blocks: int,
                    attention_ds: Sequence[int], dropout: float, channel_mult: Sequence[float],
                    conv_resample: bool, num_heads: int, num_head_channels: int,
-                   use_scale_shift_norm: bool, resblock_updown: bool, use_new_attention_order: bool):
-    """Build ``time_embed``, ``input_blocks`` and ``middle_block`` (shared by both networks).
+                   use_scale_shift_norm: bool, resblock_updown: bool, use_new_attention_order: bool,
+                   num_classes: Optional[int] = None):
+    """Build ``time_embed``, ``label_emb``, ``input_blocks`` and ``middle_block`` (shared by both
+    networks), in the reference's order so that state_dicts list their keys alike.
 
     Returns the channels of every input block (for the skips) and the final downsample rate.
     """
     emb_dim = model_channels * 4
     model.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+    if num_classes is not None:
+        model.label_emb = nn.Embedding(num_classes, emb_dim)
     ch = int(channel_mult[0] * model_channels)
     model.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
     chans, ds = [ch], 1
@@ -268,9 +272,7 @@ class UNetModel(nn.Module):
         emb_dim = model_channels * 4
         chans, ds = _build_encoder(self, in_channels, model_channels, num_res_blocks, attention_ds, dropout,
                                    channel_mult, conv_resample, num_heads, num_head_channels,
-                                   use_scale_shift_norm, resblock_updown, use_new_attention_order)
-        if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, emb_dim)
+                                   use_scale_shift_norm, resblock_updown, use_new_attention_order, num_classes)
         ch = chans[-1]
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(channel_mult))[::-1]:

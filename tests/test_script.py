@@ -1,0 +1,75 @@
+"""sample_ddib.py end to end, in a subprocess, on a tiny random model."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+
+def run_script(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "sample_ddib.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture()
+def input_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / "one.jpg")
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "sub" / "two.png")
+    Image.fromarray(rng.integers(0, 256, (90, 40), dtype=np.uint8)).save(root / "sub" / "three.bmp")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "readme.txt").write_text("ignored")
+    return root
+
+
+def _common(files, input_dir, save_dir):
+    return ["-c", files["config"], "--weights", files["weights"], "--input_dir", input_dir,
+            "--save_dir", save_dir, "--class_A", 1, "--class_B", 2, "--respace_steps", 4, "--micro_batch", 2]
+
+
+def test_end_to_end(tiny_files, input_dir, tmp_path):
+    save = tmp_path / "out"
+    r = run_script(*_common(tiny_files, input_dir, save), "--save_pairs",
+                   "--classifier_weights", tiny_files["classifier"], "--classifier_scale", 2)
+    assert r.returncode == 0, r.stderr
+    outputs = sorted(p.relative_to(save).as_posix() for p in save.rglob("*.png") if "_pairs" not in p.parts)
+    assert outputs == ["one.png", "sub/three.png", "sub/two.png"]
+    for name in outputs:
+        with Image.open(save / name) as img:
+            assert img.size == (32, 32) and img.mode == "RGB"
+        with Image.open(save / "_pairs" / name) as img:
+            assert img.size == (64, 32)
+    assert r.stderr.count("broken.jpg") >= 1 and "skipping broken.jpg" in r.stderr
+    assert "translated 3, skipped 1, failed 0" in r.stdout
+    assert "broken.jpg" in (save / "failures.csv").read_text()
+
+    again = run_script(*_common(tiny_files, input_dir, save))
+    assert again.returncode == 0 and "skipping 3 input(s) whose output already exists" in again.stdout
+
+
+def test_help_explains_every_argument():
+    r = run_script("-h")
+    assert r.returncode == 0
+    for flag in ["--config", "--weights", "--input_dir", "--save_dir", "--class_A", "--class_B", "--seed",
+                 "--respace_type", "--respace_steps", "--micro_batch", "--classifier_weights",
+                 "--classifier_scale", "--eta", "--clip_x0", "--save_pairs"]:
+        assert flag in r.stdout
+    assert "default: 100" in r.stdout
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--class_B", "10"], "--class_B 10 is out of range"),
+    (["--respace_steps", "1001"], "above the schedule's total_steps"),
+    (["--classifier_scale", "3"], "--classifier_scale needs --classifier_weights"),
+])
+def test_user_errors_are_one_line(tiny_files, input_dir, tmp_path, extra, match):
+    r = run_script(*_common(tiny_files, input_dir, tmp_path / "out"), *extra)
+    assert r.returncode == 2
+    assert match in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()

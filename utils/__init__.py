@@ -1,0 +1,1 @@
+"""Config, checkpoint and image helpers, and the batch runner the script wires together."""

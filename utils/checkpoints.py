@@ -1,0 +1,81 @@
+"""Loading weights: guided-diffusion's raw state_dicts and the usual wrappers, strictly and safely."""
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+# Wrapper keys seen in training checkpoints; an EMA copy wins because it is what one samples with.
+_WRAPPER_KEYS = ("ema", "ema_model", "model_ema", "ema_state_dict", "state_dict", "model", "net", "module")
+
+
+def _read(path: Path):
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UserError(f"{path} is a .safetensors file; install the 'safetensors' package to read it") from None
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise UserError(f"cannot read {path}: {e}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "not a weights-only file"
+        raise UserError(f"refusing to load {path}: it needs code to unpickle ({first}); only plain tensors "
+                        "are loaded (torch.load weights_only=True)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {' '.join(str(e).split())[:200]}") from None
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj) and \
+        all(torch.is_tensor(v) for v in obj.values())
+
+
+def unwrap_state_dict(obj) -> dict:
+    """Find the tensor dict inside ``{"model": ...}``, ``{"state_dict": ...}``, an EMA copy, or none."""
+    for _ in range(3):
+        if _is_state_dict(obj):
+            break
+        if not isinstance(obj, dict):
+            raise UserError("the checkpoint holds no state_dict (a mapping of parameter names to tensors)")
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            raise UserError(f"the checkpoint holds no state_dict; its top-level keys are {list(obj)[:8]}")
+        obj = inner
+    if not _is_state_dict(obj):
+        raise UserError("the checkpoint holds no state_dict (a mapping of parameter names to tensors)")
+    prefixes = ("module.", "_orig_mod.")
+    for prefix in prefixes:  # DistributedDataParallel / torch.compile wrappers
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def _listing(names, limit=3):
+    shown = ", ".join(names[:limit])
+    return f"{len(names)} ({shown}{', …' if len(names) > limit else ''})"
+
+
+def load_weights(model: torch.nn.Module, path, what: str = "model") -> None:
+    """Load ``path`` into ``model`` strictly; a mismatch names the first differing keys and counts them."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} weights not found: {path}")
+    state = unwrap_state_dict(_read(path))
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shaped:
+        parts = [f"missing {_listing(missing)}" if missing else "",
+                 f"unexpected {_listing(unexpected)}" if unexpected else "",
+                 f"mis-shaped (checkpoint vs config) {_listing(shaped, 2)}" if shaped else ""]
+        raise UserError(f"{what} weights {path} do not match the config: "
+                        + "; ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,120 @@
+"""YAML configs: one file per model, validated against the network constructors.
+
+``model`` holds exactly the keyword arguments of ``models.UNetModel``, ``classifier`` (optional)
+those of ``models.EncoderUNetModel``, ``diffusion`` the noise schedule. Omitted keys take the
+constructors' defaults; unknown keys and wrong types are errors that name them.
+"""
+
+import difflib
+import inspect
+from pathlib import Path
+
+import yaml
+
+from diffusions.schedules import BETA_SCHEDULES
+from models import EncoderUNetModel, UNetModel
+
+from .errors import UserError
+
+DIFFUSION_DEFAULTS = {"total_steps": 1000, "beta_schedule": "linear"}
+SECTIONS = ("model", "diffusion", "classifier")
+_REQUIRED = {"model": ("image_size",), "classifier": ("image_size",)}
+
+
+def _expected_types(default):
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, float):
+        return (int, float)
+    if isinstance(default, (tuple, list)):
+        return (list, tuple)
+    if isinstance(default, str):
+        return (str,)
+    return None
+
+
+_TYPES = {  # parameters whose default does not say their type
+    "image_size": (int,), "num_classes": (int, type(None)), "attention_resolutions": (list, tuple),
+    "channel_mult": (list, tuple), "dropout": (int, float), "total_steps": (int,), "beta_schedule": (str,),
+}
+
+
+def _check_section(name: str, values, signature_of) -> dict:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UserError(f"config section '{name}' must be a mapping of keys to values, got {type(values).__name__}")
+    params = {k: p.default for k, p in signature_of.items()}
+    unknown = [k for k in values if k not in params]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), params, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise UserError(f"unknown key(s) in config section '{name}': {', '.join(hints)}; "
+                        f"allowed: {', '.join(params)}")
+    for key in _REQUIRED.get(name, ()):
+        if key not in values:
+            raise UserError(f"config section '{name}' needs '{key}'")
+    for key, value in values.items():
+        types = _TYPES.get(key) or _expected_types(params[key])
+        ok = types is None or (isinstance(value, types) and not (isinstance(value, bool) and bool not in types))
+        if ok and isinstance(value, (list, tuple)):
+            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not ok:
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise UserError(f"config key '{name}.{key}' must be {want}, got {value!r}")
+    return dict(values)
+
+
+def _diffusion_params():
+    return {k: inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in DIFFUSION_DEFAULTS.items()}
+
+
+def _constructor_params(cls):
+    return {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+
+
+def load_config(path) -> dict:
+    """Read and validate a config file; returns {'model': {...}, 'diffusion': {...}, 'classifier': {...}|None}."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"config {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config {path} must be a YAML mapping with sections {', '.join(SECTIONS)}")
+    unknown = [k for k in raw if k not in SECTIONS]
+    if unknown:
+        raise UserError(f"unknown section(s) in config {path}: {', '.join(map(repr, unknown))}; "
+                        f"allowed: {', '.join(SECTIONS)}")
+    if "model" not in raw:
+        raise UserError(f"config {path} has no 'model' section")
+    cfg = {
+        "model": _check_section("model", raw["model"], _constructor_params(UNetModel)),
+        "diffusion": {**DIFFUSION_DEFAULTS, **_check_section("diffusion", raw.get("diffusion"), _diffusion_params())},
+        "classifier": (_check_section("classifier", raw["classifier"], _constructor_params(EncoderUNetModel))
+                       if raw.get("classifier") is not None else None),
+    }
+    if cfg["diffusion"]["beta_schedule"] not in BETA_SCHEDULES:
+        raise UserError(f"config key 'diffusion.beta_schedule' must be one of {', '.join(BETA_SCHEDULES)}, "
+                        f"got {cfg['diffusion']['beta_schedule']!r}")
+    if cfg["diffusion"]["total_steps"] < 1:
+        raise UserError("config key 'diffusion.total_steps' must be positive")
+    clf = cfg["classifier"]
+    if clf is not None and clf["image_size"] != cfg["model"]["image_size"]:
+        raise UserError(f"classifier image_size {clf['image_size']} differs from model image_size "
+                        f"{cfg['model']['image_size']}")
+    return cfg
+
+
+def build_network(cls, kwargs: dict, what: str):
+    """Construct a network, turning constructor complaints into a config error."""
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError, ZeroDivisionError) as e:
+        raise UserError(f"config section '{what}' does not describe a valid network: {e}") from None

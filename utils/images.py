@@ -1,0 +1,149 @@
+"""Finding, reading, resizing and writing images.
+
+Reading follows guided-diffusion's data pipeline (box-downsample by halves, bicubic resize of the
+short side, centre crop) so inputs look like what the checkpoints were trained on. Writing is atomic:
+a PNG appears under its final name only once it is complete.
+"""
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MAX_PIXELS = 178_956_970  # refuse larger images (decompression bombs): about 13,000 × 13,000
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+
+
+class ImageReadError(Exception):
+    """An input file that cannot be used; the message is the reason."""
+
+
+def scan_images(root) -> list:
+    """Relative paths of all image files under ``root``, sorted, following symlinks but not loops."""
+    root = Path(root)
+    found, seen_dirs = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames.sort()
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                found.append(path.relative_to(root))
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def output_names(rel_paths) -> dict:
+    """Map each input's relative path to its output's (suffix .png).
+
+    Inputs that would collide (``a.jpg`` and ``a.png``) keep their own suffix in the name
+    (``a.jpg.png``, ``a.png.png``) so that neither overwrites the other.
+    """
+    plain = {rel: rel.with_suffix(".png") for rel in rel_paths}
+    counts = {}
+    for out in plain.values():
+        key = out.as_posix().lower()
+        counts[key] = counts.get(key, 0) + 1
+    return {rel: (out if counts[out.as_posix().lower()] == 1 else rel.with_name(rel.name + ".png"))
+            for rel, out in plain.items()}
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGB" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def center_crop(img: Image.Image, size: int) -> np.ndarray:
+    """Short side to ``size`` and a centred square crop, as guided-diffusion's ``center_crop_arr``."""
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    arr = np.asarray(img)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return arr[top:top + size, left:left + size]
+
+
+def load_image(path, size: int) -> np.ndarray:
+    """Read one image as (size, size, 3) uint8 RGB, upright (EXIF), first frame if animated."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageReadError(f"{img.width}x{img.height} pixels is above the limit of {MAX_PIXELS:,}")
+                img.seek(0)
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return center_crop(_to_rgb(img), size)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(str(e)) from None
+    except FileNotFoundError:
+        raise ImageReadError("file vanished before it could be read") from None
+    except PermissionError:
+        raise ImageReadError("permission denied") from None
+    except Exception as e:  # PIL raises many types for corrupt files (OSError, SyntaxError, ValueError, …)
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ImageReadError(f"not a readable image ({reason})") from None
+
+
+def to_tensor(arrays) -> torch.Tensor:
+    """uint8 HWC arrays → float32 NCHW batch in [-1, 1]."""
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] CHW tensor → HWC uint8, rounded to the nearest level."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def save_png(array: np.ndarray, path) -> None:
+    """Write an HWC uint8 array as PNG atomically (a temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(array).save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def side_by_side(*arrays: np.ndarray) -> np.ndarray:
+    """Images of equal height in one row, for quick viewing."""
+    return np.concatenate(arrays, axis=1)
+
+
+def image_seed(seed: int, rel_path) -> int:
+    """A 63-bit seed from the run's seed and an image's relative path: its noise then does not depend
+    on batching, ordering or the number of processes."""
+    digest = hashlib.sha256(f"{seed}:{Path(rel_path).as_posix()}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
