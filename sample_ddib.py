@@ -24,7 +24,7 @@ def _interrupt_on_sigterm():
 def build_bridge(args, cfg, accelerator, warn):
     """Networks on the device with their weights, the schedule and the sampler settings."""
     from diffusions import alphas_cumprod, respace
-    from models import EncoderUNetModel, UNetModel
+    from models import EncoderUNetModel, PerSample, UNetModel
     from utils.checkpoints import load_weights
     from utils.config import build_network
     from utils.runner import Bridge
@@ -42,6 +42,13 @@ def build_bridge(args, cfg, accelerator, warn):
         classifier = build_network(EncoderUNetModel, cfg["classifier"], "classifier")
         load_weights(classifier, args.classifier_weights, "classifier")
         classifier.to(accelerator.device).eval().requires_grad_(False)
+    if accelerator.device.type == "cpu":  # bit-identical outputs for any --micro_batch and process count
+        import torch
+
+        workers = torch.get_num_threads()
+        torch.set_num_threads(1)
+        model = PerSample(model, workers)
+        classifier = PerSample(classifier, workers) if classifier is not None else None
     scale = 1.0 if args.classifier_scale is None else args.classifier_scale
     return Bridge(model=model, alphas_cumprod=alphas_cumprod(diffusion["beta_schedule"], diffusion["total_steps"]),
                   timesteps=timesteps, class_A=args.class_A, class_B=args.class_B, device=accelerator.device,
@@ -53,7 +60,7 @@ def build_bridge(args, cfg, accelerator, warn):
 def run(args) -> int:
     from utils.cli import check_numbers, check_paths
     from utils.config import load_config
-    from utils.images import output_names, scan_images
+    from utils.images import IMAGE_EXTENSIONS, output_names, remove_temporaries, scan_images
 
     check_paths(args)
     cfg = load_config(args.config)
@@ -61,7 +68,7 @@ def run(args) -> int:
     rel_paths = scan_images(args.input_dir)
     if not rel_paths:
         raise UserError(f"--input_dir: no image files found under {args.input_dir} "
-                        "(looked for .jpg .jpeg .png .bmp .webp .tif .tiff)")
+                        f"(looked for {' '.join(sorted(IMAGE_EXTENSIONS))})")
     save_dir = Path(args.save_dir)
     names = output_names(rel_paths)
     todo = rel_paths if args.overwrite else [p for p in rel_paths if not (save_dir / names[p]).is_file()]
@@ -80,6 +87,9 @@ def run(args) -> int:
     def warn(msg):
         tqdm.write(f"{prefix}warning: {msg}", file=sys.stderr)
 
+    if accelerator.is_main_process and save_dir.is_dir():
+        remove_temporaries(save_dir)
+    accelerator.wait_for_everyone()  # the start barrier: no process writes before the clean-up
     if len(todo) < len(rel_paths) and accelerator.is_main_process:
         print(f"skipping {len(rel_paths) - len(todo)} input(s) whose output already exists "
               "(--overwrite redoes them)", flush=True)

@@ -54,7 +54,7 @@ def test_png_within_one_level_of_reference(tmp_path, golden):
         written = np.asarray(Image.open(tmp_path / f"{i}.png")).astype(int)
         expected = ((image + 1) * 127.5).round().permute(1, 2, 0).numpy()
         assert np.abs(written - expected).max() <= 1
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob("*.ddib-tmp"))
 
 
 def test_uint8_round_trip_is_exact(golden):

@@ -18,6 +18,12 @@ from .errors import UserError
 
 DIFFUSION_DEFAULTS = {"total_steps": 1000, "beta_schedule": "linear"}
 SECTIONS = ("model", "diffusion", "classifier")
+# guided-diffusion command-line flags users carry over, and what our configs call them
+_FLAG_HINTS = {"num_channels": "model_channels", "class_cond": "num_classes", "learn_sigma": "out_channels",
+               "diffusion_steps": "diffusion.total_steps", "noise_schedule": "diffusion.beta_schedule",
+               "classifier_width": "model_channels", "classifier_depth": "num_res_blocks",
+               "classifier_pool": "pool", "timestep_respacing": "--respace_type/--respace_steps",
+               "use_fp16": "--mixed_precision", "use_checkpoint": "nothing (sampling needs no checkpointing)"}
 _REQUIRED = {"model": ("image_size",), "classifier": ("image_size",)}
 
 
@@ -52,7 +58,10 @@ def _check_section(name: str, values, signature_of) -> dict:
         hints = []
         for k in unknown:
             close = difflib.get_close_matches(str(k), params, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            if k in _FLAG_HINTS:
+                hints.append(f"{k!r} (guided-diffusion's flag; here use {_FLAG_HINTS[k]})")
+            else:
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise UserError(f"unknown key(s) in config section '{name}': {', '.join(hints)}; "
                         f"allowed: {', '.join(params)}")
     for key in _REQUIRED.get(name, ()):

@@ -15,9 +15,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+TEMP_SUFFIX = ".ddib-tmp"  # partial outputs; never a valid image name, removed by the next run
 MAX_PIXELS = 178_956_970  # refuse larger images (decompression bombs): about 13,000 × 13,000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own check then agrees with ours
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class ImageReadError(Exception):
@@ -96,8 +102,8 @@ def load_image(path, size: int) -> np.ndarray:
                 return center_crop(_to_rgb(img), size)
     except ImageReadError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(str(e)) from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"the image is above the limit of {MAX_PIXELS:,} pixels") from None
     except FileNotFoundError:
         raise ImageReadError("file vanished before it could be read") from None
     except PermissionError:
@@ -122,12 +128,13 @@ def save_png(array: np.ndarray, path) -> None:
     """Write an HWC uint8 array as PNG atomically (a temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(array).save(f, format="PNG")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; outputs get the usual mode
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -135,6 +142,15 @@ def save_png(array: np.ndarray, path) -> None:
         except OSError:
             pass
         raise
+
+
+def remove_temporaries(save_dir) -> int:
+    """Delete partial outputs a killed run left behind (only our own ``*.ddib-tmp`` files)."""
+    removed = 0
+    for path in Path(save_dir).rglob(f"*{TEMP_SUFFIX}"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def side_by_side(*arrays: np.ndarray) -> np.ndarray:

@@ -95,7 +95,8 @@ class FolderResult:
 def translate_folder(bridge: Bridge, rel_paths, input_dir: Path, save_dir: Path, names: dict, image_size: int,
                      micro_batch: int, save_pairs: bool, progress=None) -> FolderResult:
     """Read, translate and write ``rel_paths`` in micro-batches; unreadable files are skipped with one
-    warning each. Ctrl-C stops after the batch in hand is written (``interrupted`` is set)."""
+    warning each. Ctrl-C (or SIGTERM) stops at once: what was written stays, the batch in hand is
+    dropped, and ``interrupted`` is set."""
     result = FolderResult()
     try:
         for start in range(0, len(rel_paths), micro_batch):
