@@ -21,64 +21,89 @@ def _interrupt_on_sigterm():
     signal.signal(signal.SIGTERM, handler)
 
 
-def build_bridge(args, cfg, accelerator, warn):
-    """Networks on the device with their weights, the schedule and the sampler settings."""
-    from diffusions import alphas_cumprod, respace
-    from models import EncoderUNetModel, PerSample, UNetModel
+def _load_network(cls, cfg_section, weights, what, device):
     from utils.checkpoints import load_weights
     from utils.config import build_network
+
+    net = build_network(cls, cfg_section, what)
+    load_weights(net, weights, what)
+    return net.to(device).eval().requires_grad_(False)
+
+
+def build_bridge(args, cfg_A, cfg_B, accelerator, warn):
+    """Networks on the device with their weights, the schedule and the sampler settings."""
+    import torch
+
+    from diffusions import alphas_cumprod, respace
+    from models import EncoderUNetModel, PerSample, UNetModel
     from utils.runner import Bridge
 
-    diffusion = cfg["diffusion"]
+    diffusion = cfg_A["diffusion"]
     try:
         timesteps = respace(args.respace_type, diffusion["total_steps"], args.respace_steps)
     except ValueError as e:
         raise UserError(str(e)) from None
-    model = build_network(UNetModel, cfg["model"], "model")
-    load_weights(model, args.weights, "model")
-    model.to(accelerator.device).eval().requires_grad_(False)
-    classifier = None
-    if args.classifier_weights:
-        classifier = build_network(EncoderUNetModel, cfg["classifier"], "classifier")
-        load_weights(classifier, args.classifier_weights, "classifier")
-        classifier.to(accelerator.device).eval().requires_grad_(False)
-    if accelerator.device.type == "cpu":  # bit-identical outputs for any --micro_batch and process count
-        import torch
-
+    device = accelerator.device
+    model_A = _load_network(UNetModel, cfg_A["model"], args.weights, "model", device)
+    model_B = model_A if args.weights_B is None else \
+        _load_network(UNetModel, cfg_B["model"], args.weights_B, "target model (--weights_B)", device)
+    classifier = None if args.classifier_weights is None else \
+        _load_network(EncoderUNetModel, cfg_B["classifier"], args.classifier_weights, "classifier", device)
+    if device.type == "cpu":  # bit-identical outputs for any --micro_batch and process count
         workers = torch.get_num_threads()
         torch.set_num_threads(1)
-        model = PerSample(model, workers)
-        classifier = PerSample(classifier, workers) if classifier is not None else None
+        wrapped = {id(m): PerSample(m, workers) for m in (model_A, model_B, classifier) if m is not None}
+        model_A, model_B = wrapped[id(model_A)], wrapped[id(model_B)]
+        classifier = wrapped[id(classifier)] if classifier is not None else None
     scale = 1.0 if args.classifier_scale is None else args.classifier_scale
-    return Bridge(model=model, alphas_cumprod=alphas_cumprod(diffusion["beta_schedule"], diffusion["total_steps"]),
-                  timesteps=timesteps, class_A=args.class_A, class_B=args.class_B, device=accelerator.device,
-                  classifier=classifier, classifier_scale=scale, eta=args.eta, clip_x0=args.clip_x0,
-                  seed=args.seed, autocast=accelerator.autocast if accelerator.mixed_precision != "no" else None,
-                  warn=warn)
+    return Bridge(model_A=model_A, model_B=model_B,
+                  alphas_cumprod=alphas_cumprod(diffusion["beta_schedule"], diffusion["total_steps"]),
+                  timesteps=timesteps, device=device, classifier=classifier, classifier_scale=scale, eta=args.eta,
+                  clip_x0=args.clip_x0, seed=args.seed,
+                  autocast=accelerator.autocast if accelerator.mixed_precision != "no" else None, warn=warn)
+
+
+def list_classes(query: str) -> int:
+    from utils.classes import describe, search
+
+    hits = search(query, limit=50)
+    for index in hits:
+        print(describe(index))
+    if not hits:
+        print(f"no ImageNet class matches {query!r}", file=sys.stderr)
+    return 0 if hits else 1
 
 
 def run(args) -> int:
-    from utils.cli import check_numbers, check_paths
+    from utils.cli import check_models, check_numbers, check_paths
     from utils.config import load_config
     from utils.images import IMAGE_EXTENSIONS, output_names, remove_temporaries, scan_images
+    from utils.jobs import all_targets, plan_jobs
+    from utils.runner import Layout, Options
 
     check_paths(args)
-    cfg = load_config(args.config)
-    check_numbers(args, cfg)
+    cfg_A = load_config(args.config)
+    cfg_B = cfg_A if args.config_B is None else load_config(args.config_B)
+    check_models(cfg_A, cfg_B)
+    check_numbers(args, cfg_A, cfg_B)
     rel_paths = scan_images(args.input_dir)
     if not rel_paths:
         raise UserError(f"--input_dir: no image files found under {args.input_dir} "
                         f"(looked for {' '.join(sorted(IMAGE_EXTENSIONS))})")
+    jobs, unplanned = plan_jobs(rel_paths, args, cfg_A["model"].get("num_classes"),
+                                cfg_B["model"].get("num_classes"),
+                                cfg_B["classifier"].get("out_channels", 1000) if args.classifier_weights else None)
     save_dir = Path(args.save_dir)
-    names = output_names(rel_paths)
-    todo = rel_paths if args.overwrite else [p for p in rel_paths if not (save_dir / names[p]).is_file()]
+    layout = Layout(save_dir, output_names([job.rel for job in jobs]), grouped=len(all_targets(jobs)) > 1,
+                    overwrite=args.overwrite)
+    todo = jobs if args.overwrite else [job for job in jobs if layout.pending(job)]
 
     import torch
     from accelerate import Accelerator
     from accelerate.utils import gather_object
     from tqdm import tqdm
 
-    from utils.runner import translate_folder, write_problems
+    from utils.runner import translate_folder
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -87,38 +112,63 @@ def run(args) -> int:
     def warn(msg):
         tqdm.write(f"{prefix}warning: {msg}", file=sys.stderr)
 
-    if accelerator.is_main_process and save_dir.is_dir():
-        remove_temporaries(save_dir)
+    if accelerator.is_main_process:
+        if save_dir.is_dir():
+            remove_temporaries(save_dir)
+        for rel, reason in unplanned:
+            warn(f"skipping {rel.as_posix()}: {reason}")
+        if len(todo) < len(jobs):
+            print(f"skipping {len(jobs) - len(todo)} input(s) whose output already exists "
+                  "(--overwrite redoes them)", flush=True)
     accelerator.wait_for_everyone()  # the start barrier: no process writes before the clean-up
-    if len(todo) < len(rel_paths) and accelerator.is_main_process:
-        print(f"skipping {len(rel_paths) - len(todo)} input(s) whose output already exists "
-              "(--overwrite redoes them)", flush=True)
-    bridge = build_bridge(args, cfg, accelerator, warn)
+    bridge = build_bridge(args, cfg_A, cfg_B, accelerator, warn)
+    opts = Options(micro_batch=8 if args.micro_batch == "auto" else args.micro_batch,
+                   image_size=cfg_A["model"]["image_size"], save_pairs=args.save_pairs, save_grid=args.save_grid,
+                   save_latents=args.save_latents, cycle=args.cycle,
+                   from_latents=Path(args.from_latents) if args.from_latents else None)
     mine = todo[rank::world]
-    micro_batch = 8 if args.micro_batch == "auto" else args.micro_batch
     start = time.time()
     with tqdm(total=len(mine), unit="img", dynamic_ncols=True, disable=not accelerator.is_main_process,
               desc="translating" + (f" (process 0 of {world})" if world > 1 else "")) as bar:
-        result = translate_folder(bridge, mine, Path(args.input_dir), save_dir, names,
-                                  cfg["model"]["image_size"], micro_batch, args.save_pairs, progress=bar)
+        result = translate_folder(bridge, mine, Path(args.input_dir), layout, opts, progress=bar)
     counts = [result.translated, result.skipped, result.failed]
-    problems = result.problems
+    problems, cycle_rows = result.problems, result.cycle_rows
     if world > 1 and not result.interrupted:
         accelerator.wait_for_everyone()
         counts = accelerator.reduce(torch.tensor(counts, device=accelerator.device), reduction="sum").tolist()
-        problems = gather_object(problems)
-    elapsed = time.time() - start
-    if problems and (accelerator.is_main_process or result.interrupted):
-        name = "failures.csv" if world == 1 or not result.interrupted else f"failures-process{rank}.csv"
-        where = write_problems(problems, save_dir / name)
-        print(f"{len(problems)} problem(s) listed in {where}", file=sys.stderr)
+        problems, cycle_rows = gather_object(problems), gather_object(cycle_rows)
     if accelerator.is_main_process:
-        translated, skipped, failed = (int(v) for v in counts)
-        print(f"translated {translated}, skipped {skipped}, failed {failed}, elapsed {elapsed:.1f}s, "
-              f"{translated / max(elapsed, 1e-9):.2f} images/s", flush=True)
+        counts[1] += len(unplanned)
+        problems = problems + [(rel.as_posix(), f"skipped: {reason}") for rel, reason in unplanned]
+    elapsed = time.time() - start
+    _report(accelerator, result, world, rank, save_dir, counts, problems, cycle_rows, elapsed)
     if result.interrupted:
         raise KeyboardInterrupt
     return 1 if counts[2] else 0
+
+
+def _report(accelerator, result, world, rank, save_dir, counts, problems, cycle_rows, elapsed):
+    """failures.csv, cycle.csv and the summary line."""
+    import math
+
+    from utils.runner import write_csv
+
+    own = world == 1 or not result.interrupted
+    if problems and (accelerator.is_main_process or result.interrupted):
+        where = write_csv(problems, ["path", "reason"],
+                          save_dir / ("failures.csv" if own else f"failures-process{rank}.csv"))
+        print(f"{len(problems)} problem(s) listed in {where}", file=sys.stderr)
+    cycle = ""
+    if cycle_rows and (accelerator.is_main_process or result.interrupted):
+        write_csv(cycle_rows, ["path", "class_A", "class_B", "cycle_psnr_db"],
+                  save_dir / ("cycle.csv" if own else f"cycle-process{rank}.csv"))
+        finite = [min(r[3], 100.0) for r in cycle_rows if not math.isnan(r[3])]
+        if finite:
+            cycle = f", cycle PSNR {sum(finite) / len(finite):.2f} dB (mean of {len(finite)})"
+    if accelerator.is_main_process:
+        translated, skipped, failed = (int(v) for v in counts)
+        print(f"translated {translated}, skipped {skipped}, failed {failed}, elapsed {elapsed:.1f}s, "
+              f"{translated / max(elapsed, 1e-9):.2f} images/s{cycle}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -127,6 +177,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _interrupt_on_sigterm()
     try:
+        if args.list_classes is not None:
+            return list_classes(args.list_classes)
         return run(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

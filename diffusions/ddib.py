@@ -13,12 +13,17 @@ from .samplers import ddim_invert, ddim_sample
 
 
 def eps_from_model(model: torch.nn.Module, y: Optional[torch.Tensor]) -> Callable:
-    """ε(x, t) from a UNet; a learned-σ model's extra output channels are dropped."""
+    """ε(x, t) from a UNet; a learned-σ model's extra output channels are dropped.
+
+    A non-finite ε (fp16 overflow gives ±inf) becomes NaN: clipping x₀ would turn ±inf into a finite
+    but wrong image, while NaN survives to the end, where the image is caught and redone or reported.
+    """
     channels = model.in_channels
 
     def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
         ts = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        return model(x, ts, y)[:, :channels].float()
+        eps = model(x, ts, y)[:, :channels].float()
+        return eps.nan_to_num(nan=float("nan"), posinf=float("nan"), neginf=float("nan"))
 
     return eps_fn
 
@@ -37,18 +42,22 @@ def classifier_grad(classifier: torch.nn.Module, y: torch.Tensor, scale: float) 
     return grad_fn
 
 
-def _labels(label: Optional[int], n: int, device) -> Optional[torch.Tensor]:
-    return None if label is None else torch.full((n,), int(label), device=device, dtype=torch.long)
+def _labels(label, n: int, device) -> Optional[torch.Tensor]:
+    """None (unconditional), one class for the whole batch, or a tensor of one class per image."""
+    if label is None or torch.is_tensor(label):
+        return label
+    return torch.full((n,), int(label), device=device, dtype=torch.long)
 
 
-def invert(model, x0: torch.Tensor, class_A: Optional[int], alphas_cumprod: torch.Tensor,
+def invert(model, x0: torch.Tensor, class_A, alphas_cumprod: torch.Tensor,
            timesteps: Sequence[int]) -> torch.Tensor:
-    """Images in [-1, 1] → DDIM latents at ``timesteps[-1]``, conditioned on ``class_A``."""
+    """Images in [-1, 1] → DDIM latents at ``timesteps[-1]``, conditioned on ``class_A`` (an int, a
+    tensor of one label per image, or None for an unconditional model)."""
     eps_fn = eps_from_model(model, _labels(class_A, len(x0), x0.device))
     return ddim_invert(eps_fn, x0.float(), alphas_cumprod, timesteps)
 
 
-def generate(model, latent: torch.Tensor, class_B: Optional[int], alphas_cumprod: torch.Tensor,
+def generate(model, latent: torch.Tensor, class_B, alphas_cumprod: torch.Tensor,
              timesteps: Sequence[int], eta: float = 0.0, clip_x0: bool = True, classifier=None,
              classifier_scale: float = 0.0, noise_sampler=None) -> torch.Tensor:
     """DDIM latents → images in [-1, 1], conditioned on ``class_B``, optionally classifier-guided."""

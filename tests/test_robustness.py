@@ -163,8 +163,9 @@ def test_bad_arguments(tiny_files, one_image, tmp_path, capsys):
         (_args(tiny_files, tmp_path / "missing", out), "not a folder"),
         (_args(tiny_files, one_image, one_image), "must not be --save_dir or inside it"),
         (_args(tiny_files, one_image, one_image / "sub"), "must not be inside --input_dir"),
-        (_args(tiny_files, one_image, out, "--class_A", "-1"), "--class_A -1 is out of range"),
+        (_args(tiny_files, one_image, out, "--class_A", "-1"), "--class_A: class -1 is out of range"),
         (_args(tiny_files, one_image, out, "--respace_steps", "5000"), "above the schedule's total_steps"),
+        (_args(tiny_files, one_image, out, "--class_B", "two"), "names are known for the 1000 ImageNet classes only"),
         (_args(tiny_files, one_image, out, "--classifier_scale", "2"), "needs --classifier_weights"),
         (_args(tiny_files, one_image, out, "--eta", "-1"), "--eta must be 0 or more"),
         (["-c", str(tmp_path / "nope.yaml")] + _args(tiny_files, one_image, out)[2:], "file not found"),
@@ -182,7 +183,7 @@ def test_empty_input_dir(tiny_files, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv_extra", [["--micro_batch", "0"], ["--micro_batch", "-3"], ["--respace_steps", "0"],
-                                        ["--respace_type", "cubic"], ["--class_B", "two"]])
+                                        ["--respace_type", "cubic"]])
 def test_argparse_rejects(tiny_files, one_image, tmp_path, capsys, argv_extra):
     with pytest.raises(SystemExit) as e:
         sample_ddib.main(_args(tiny_files, one_image, tmp_path / "out") + argv_extra)
@@ -215,7 +216,7 @@ def test_bad_configs_and_checkpoints(tiny_files, one_image, tmp_path, capsys):
     _fails(capsys, with_config(_config(tmp_path, lambda c: c.pop("classifier")),
                                "--classifier_weights", tiny_files["classifier"]), "no 'classifier' section")
     uncond = _config(tmp_path, lambda c: c["model"].pop("num_classes"))
-    _fails(capsys, with_config(uncond), "the model is unconditional")
+    _fails(capsys, with_config(uncond), "--class_A: that side's model is unconditional")
 
 
 def test_unknown_config_key_error_names_close_match(tiny_files, one_image, tmp_path, capsys):
@@ -291,9 +292,19 @@ def test_same_bits_for_any_micro_batch_and_process_count(tiny_files, tmp_path):
     assert outputs["mb1"] == outputs["mb5"] == outputs["2proc"]
 
 
+class _Fixed:
+    """Bridge.translate with the test's classes."""
+
+    def __init__(self, bridge):
+        self.bridge = bridge
+
+    def translate(self, x, paths):
+        return self.bridge.translate(x, [p.as_posix() for p in paths], class_A=1, class_B=2)
+
+
 def _bridge(model, **kw):
-    return Bridge(model=model, alphas_cumprod=alphas_cumprod("linear", 1000), timesteps=[0, 300, 600, 900],
-                  class_A=1, class_B=2, device=torch.device("cpu"), **kw)
+    return _Fixed(Bridge(model_A=model, model_B=model, alphas_cumprod=alphas_cumprod("linear", 1000),
+                         timesteps=[0, 300, 600, 900], device=torch.device("cpu"), **kw))
 
 
 def test_eta_noise_depends_on_path_not_batch():
@@ -342,9 +353,9 @@ def test_non_finite_output_is_failed_not_written(tiny_files, one_image, tmp_path
     argv[3] = str(tmp_path / "nan.pt")
     assert sample_ddib.main(argv) == 1
     captured = capsys.readouterr()
-    assert "failed a.png: the translation is not finite" in captured.err
+    assert "failed a.png: the inversion is not finite" in captured.err
     assert not (tmp_path / "out" / "a.png").exists()
-    assert "non-finite" in (tmp_path / "out" / "failures.csv").read_text()
+    assert "failed: the inversion is not finite" in (tmp_path / "out" / "failures.csv").read_text()
 
 
 class _OutOfMemoryAboveOne(torch.nn.Module):

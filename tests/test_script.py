@@ -64,7 +64,7 @@ def test_help_explains_every_argument():
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--class_B", "10"], "--class_B 10 is out of range"),
+    (["--class_B", "10"], "--class_B: class 10 is out of range"),
     (["--respace_steps", "1001"], "above the schedule's total_steps"),
     (["--classifier_scale", "3"], "--classifier_scale needs --classifier_weights"),
 ])

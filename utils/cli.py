@@ -32,13 +32,6 @@ def _positive_int(value: str) -> int:
     return n
 
 
-def _class_label(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer class label, got {value!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sample_ddib.py",
@@ -46,13 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "DDIM inversion conditioned on class A, then DDIM generation conditioned on class B.",
         epilog="Multi-GPU: accelerate launch --multi_gpu --num_processes N sample_ddib.py ...; "
                "mixed precision: accelerate launch --mixed_precision bf16 sample_ddib.py ...")
-    p.add_argument("-c", "--config", required=True, help="model YAML (configs/*.yaml), matching --weights")
-    p.add_argument("--weights", required=True, help="UNet checkpoint (.pt state_dict, or a wrapper holding one)")
-    p.add_argument("--input_dir", required=True, help="folder of class-A images, scanned recursively")
-    p.add_argument("--save_dir", required=True,
-                   help="where translations go: SAVE_DIR/<path relative to input_dir>.png")
-    p.add_argument("--class_A", type=_class_label, help="source class label (integer) for the inversion")
-    p.add_argument("--class_B", type=_class_label, help="target class label (integer) for the generation")
+    p.add_argument("-c", "--config", help="model YAML (configs/*.yaml), matching --weights (required)")
+    p.add_argument("--weights", help="UNet checkpoint (.pt state_dict, or a wrapper holding one) (required)")
+    p.add_argument("--input_dir", help="folder of class-A images, scanned recursively (required)")
+    p.add_argument("--save_dir", help="where translations go: SAVE_DIR/<path relative to input_dir>.png; with "
+                                      "several target classes SAVE_DIR/<class_B>/<path>.png (required)")
+    p.add_argument("--class_A", help="source class for the inversion: an integer label, an ImageNet WordNet id "
+                                     "(n02129604) or name ('tiger'), or 'folder' to read each image's class "
+                                     "from its first folder under input_dir; omit for an unconditional model")
+    p.add_argument("--class_B", help="target class(es) for the generation, same forms; several separated by "
+                                     "commas (281,282,283) translate each image to every one while inverting "
+                                     "it once; omit for an unconditional model")
+    p.add_argument("--manifest", help="CSV with columns path,class_A,class_B (path relative to input_dir; "
+                                      "several rows or ';'-separated class_B for several targets): translate "
+                                      "just these files with these classes")
+    p.add_argument("--config_B", help="config of a second, independently trained model for the generation "
+                                      "half (default: the -c model); both must share image size and schedule")
+    p.add_argument("--weights_B", help="checkpoint of the --config_B model")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for the generation noise when --eta > 0 (default: 0); with eta 0 the run is "
                         "deterministic")
@@ -78,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write source|translation side by side under SAVE_DIR/_pairs/")
     p.add_argument("--overwrite", action="store_true",
                    help="translate every input again, even those whose output already exists")
+    p.add_argument("--save_grid", action="store_true",
+                   help="also write, per input, the source then every translation in a row under SAVE_DIR/_grids/")
+    p.add_argument("--cycle", action="store_true",
+                   help="also translate every result back to class A and report the cycle PSNR per image "
+                        "(SAVE_DIR/cycle.csv) and on average")
+    p.add_argument("--save_latents", action="store_true",
+                   help="keep each image's DDIM latent as SAVE_DIR/<path>.pt, for --from_latents")
+    p.add_argument("--from_latents", metavar="DIR",
+                   help="generate from the latents a --save_latents run left in DIR instead of inverting again")
+    p.add_argument("--list_classes", metavar="QUERY", help="print the ImageNet classes matching QUERY and exit")
     p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"),
                    help="run the networks in this precision (default: what accelerate launch was given, else no)")
     return p
@@ -90,8 +103,15 @@ def _inside(child: Path, parent: Path) -> bool:
 
 def check_paths(args) -> None:
     """Every path check that can fail before a model is built."""
-    for flag, value in (("--config", args.config), ("--weights", args.weights),
-                        ("--classifier_weights", args.classifier_weights)):
+    for flag, value in (("--config", args.config), ("--weights", args.weights), ("--input_dir", args.input_dir),
+                        ("--save_dir", args.save_dir)):
+        if value is None:
+            raise UserError(f"{flag} is required")
+    if (args.config_B is None) != (args.weights_B is None):
+        raise UserError("--config_B and --weights_B go together")
+    for flag, value in (("--config", args.config), ("--weights", args.weights), ("--config_B", args.config_B),
+                        ("--weights_B", args.weights_B), ("--classifier_weights", args.classifier_weights),
+                        ("--manifest", args.manifest)):
         if value is not None and not Path(value).is_file():
             raise UserError(f"{flag}: file not found: {value}")
     inp, out = Path(args.input_dir), Path(args.save_dir)
@@ -103,29 +123,34 @@ def check_paths(args) -> None:
         raise UserError("--save_dir must not be inside --input_dir: outputs would be read back as inputs")
     if out.exists() and not out.is_dir():
         raise UserError(f"--save_dir exists and is not a folder: {out}")
+    if args.from_latents is not None and not Path(args.from_latents).is_dir():
+        raise UserError(f"--from_latents: not a folder: {args.from_latents}")
 
 
-def check_numbers(args, cfg) -> None:
-    """Checks of class labels, steps and guidance against the config."""
-    total = cfg["diffusion"]["total_steps"]
+def check_models(cfg_A, cfg_B) -> None:
+    """Two models can bridge only through one latent space: same image shape and noise schedule."""
+    for key in ("image_size", "in_channels"):
+        if cfg_A["model"].get(key, 3) != cfg_B["model"].get(key, 3):
+            raise UserError(f"the two models differ in {key} ({cfg_A['model'].get(key, 3)} vs "
+                            f"{cfg_B['model'].get(key, 3)}); a bridge needs the same image shape on both sides")
+    if cfg_A["diffusion"] != cfg_B["diffusion"]:
+        raise UserError(f"the two models differ in their noise schedule ({cfg_A['diffusion']} vs "
+                        f"{cfg_B['diffusion']}); a bridge needs the same schedule on both sides")
+
+
+def check_numbers(args, cfg_A, cfg_B) -> None:
+    """Checks of steps, guidance and eta against the configs (class labels: see utils.jobs)."""
+    total = cfg_A["diffusion"]["total_steps"]
     if args.respace_type != "none" and args.respace_steps > total:
         raise UserError(f"--respace_steps {args.respace_steps} is above the schedule's total_steps {total}")
-    num_classes = cfg["model"].get("num_classes")
-    for flag, label in (("--class_A", args.class_A), ("--class_B", args.class_B)):
-        if num_classes is None and label is not None:
-            raise UserError(f"{flag}: the model is unconditional (no num_classes in the config); drop {flag}")
-        if num_classes is not None and label is None:
-            raise UserError(f"{flag} is required: the model is class-conditional ({num_classes} classes)")
-        if num_classes is not None and not 0 <= label < num_classes:
-            raise UserError(f"{flag} {label} is out of range: the model has classes 0..{num_classes - 1}")
     if args.classifier_scale is not None and args.classifier_weights is None:
         raise UserError("--classifier_scale needs --classifier_weights")
     if args.classifier_weights is not None:
-        if cfg["classifier"] is None:
-            raise UserError("--classifier_weights given but the config has no 'classifier' section")
-        if args.class_B is None:
+        if cfg_B["classifier"] is None:
+            raise UserError("--classifier_weights given but the target model's config has no 'classifier' section")
+        if cfg_B["model"].get("num_classes") is None and args.class_B is None:
             raise UserError("classifier guidance needs --class_B")
-        if not 0 <= args.class_B < cfg["classifier"].get("out_channels", 1000):
-            raise UserError(f"--class_B {args.class_B} is out of the classifier's range")
     if args.eta < 0:
         raise UserError(f"--eta must be 0 or more, got {args.eta}")
+    if args.from_latents is not None and args.save_latents:
+        raise UserError("--from_latents and --save_latents together would copy latents; use one")

@@ -1,29 +1,51 @@
-"""Translating micro-batches robustly: per-image noise, memory-error splitting, non-finite fallback."""
+"""Translating a folder: per-image jobs, micro-batches, and the guards that keep a long run going.
+
+A job is one input image with its source class and its target classes: it is inverted once and
+generated once per target. The guards split a batch that runs out of memory, redo in float32 what
+came out non-finite under mixed precision, and never write a non-finite image.
+"""
 
 import contextlib
 import csv
+import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from diffusions import generate, invert
 
-from .images import ImageReadError, image_seed, load_image, save_png, side_by_side, to_tensor, to_uint8
+from .images import (ImageReadError, image_seed, load_image, save_png, side_by_side, to_tensor, to_uint8)
 
 PAIRS_DIR = "_pairs"  # side-by-side previews live here, apart from the one-to-one outputs
+GRIDS_DIR = "_grids"
+
+
+@dataclass
+class Job:
+    """One input image: where it is, its source class and the classes to translate it to."""
+    rel: Path
+    class_A: Optional[int]
+    targets: List[Optional[int]]
+
+
+def _labels(values: Sequence[Optional[int]], device) -> Optional[torch.Tensor]:
+    if values[0] is None:
+        return None
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 @dataclass
 class Bridge:
-    """Everything fixed for a run: the networks, the schedule and the sampler settings."""
-    model: torch.nn.Module
+    """The networks of both sides, the schedule and the sampler settings, with guarded batch calls."""
+    model_A: torch.nn.Module
+    model_B: torch.nn.Module
     alphas_cumprod: torch.Tensor
     timesteps: Sequence[int]
-    class_A: Optional[int]
-    class_B: Optional[int]
     device: torch.device
     classifier: Optional[torch.nn.Module] = None
     classifier_scale: float = 0.0
@@ -34,119 +56,261 @@ class Bridge:
     warn: Callable[[str], None] = print
     _split_warned: bool = field(default=False, repr=False)
 
-    def _noise_sampler(self, rel_paths, shape):
-        """Each image draws its generation noise from its own generator, so results do not depend on
-        which other images share its batch or process."""
-        if self.eta == 0:
-            return None
-        gens = [torch.Generator().manual_seed(image_seed(self.seed, p)) for p in rel_paths]
-        return lambda i: torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+    def _context(self, autocast: bool):
+        return self.autocast() if autocast and self.autocast is not None else contextlib.nullcontext()
 
-    def _run(self, x0: torch.Tensor, rel_paths, autocast: bool) -> torch.Tensor:
-        ctx = self.autocast() if autocast and self.autocast is not None else contextlib.nullcontext()
-        with torch.no_grad(), ctx:
-            latent = invert(self.model, x0, self.class_A, self.alphas_cumprod, self.timesteps)
-            return generate(self.model, latent, self.class_B, self.alphas_cumprod, self.timesteps, eta=self.eta,
-                            clip_x0=self.clip_x0, classifier=self.classifier,
-                            classifier_scale=self.classifier_scale,
-                            noise_sampler=self._noise_sampler(rel_paths, x0.shape[1:]))
-
-    def _run_splitting(self, x0, rel_paths, autocast: bool) -> torch.Tensor:
+    def _split_on_oom(self, fn, idx: list, autocast: bool) -> torch.Tensor:
         try:
-            return self._run(x0, rel_paths, autocast)
+            with torch.no_grad(), self._context(autocast):
+                return fn(idx)
         except torch.OutOfMemoryError:
-            if len(x0) == 1:
+            if len(idx) == 1:
                 raise
             if not self._split_warned:
-                self.warn(f"out of memory at {len(x0)} images per batch; retrying with smaller batches "
+                self.warn(f"out of memory at {len(idx)} images per batch; retrying with smaller batches "
                           "(pass a smaller --micro_batch to avoid this)")
                 self._split_warned = True
-            if x0.is_cuda:
+            if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            half = len(x0) // 2
-            return torch.cat([self._run_splitting(x0[:half], rel_paths[:half], autocast),
-                              self._run_splitting(x0[half:], rel_paths[half:], autocast)])
+            half = len(idx) // 2
+            return torch.cat([self._split_on_oom(fn, idx[:half], autocast),
+                              self._split_on_oom(fn, idx[half:], autocast)])
 
-    def translate(self, x0: torch.Tensor, rel_paths) -> tuple:
-        """Translate a batch; returns (images, ok mask). Images that come out non-finite under mixed
-        precision are redone in float32; any still non-finite are marked not ok, never returned as
-        valid."""
-        x0 = x0.to(self.device)
-        out = self._run_splitting(x0, rel_paths, autocast=True)
+    def _guarded(self, fn, n: int):
+        """Run ``fn(indices)`` over a batch of n; returns (output, finite mask)."""
+        out = self._split_on_oom(fn, list(range(n)), autocast=True)
         bad = ~torch.isfinite(out).flatten(1).all(dim=1)
         if bad.any() and self.autocast is not None:
-            idx = bad.nonzero().flatten().tolist()
-            self.warn(f"{len(idx)} image(s) came out non-finite in mixed precision; redoing them in float32")
-            out[bad] = self._run_splitting(x0[bad], [rel_paths[i] for i in idx], autocast=False)
+            redo = bad.nonzero().flatten().tolist()
+            self.warn(f"{len(redo)} image(s) came out non-finite in mixed precision; redoing them in float32")
+            out[bad] = self._split_on_oom(fn, redo, autocast=False)
             bad = ~torch.isfinite(out).flatten(1).all(dim=1)
         return out, ~bad
+
+    def invert(self, x0: torch.Tensor, classes: Sequence[Optional[int]], model=None):
+        """Images → latents with the source model (or ``model``); returns (latents, ok)."""
+        model = self.model_A if model is None else model
+        x0, y = x0.to(self.device), _labels(classes, self.device)
+        return self._guarded(lambda idx: invert(model, x0[idx], None if y is None else y[idx],
+                                                self.alphas_cumprod, self.timesteps), len(x0))
+
+    def generate(self, latents: torch.Tensor, classes: Sequence[Optional[int]], keys: Sequence[str],
+                 model=None, guided: bool = True):
+        """Latents → images with the target model (or ``model``); ``keys`` name each image's noise."""
+        model = self.model_B if model is None else model
+        latents, y = latents.to(self.device), _labels(classes, self.device)
+        classifier = self.classifier if guided else None
+
+        def fn(idx):
+            return generate(model, latents[idx], None if y is None else y[idx], self.alphas_cumprod,
+                            self.timesteps, eta=self.eta, clip_x0=self.clip_x0, classifier=classifier,
+                            classifier_scale=self.classifier_scale,
+                            noise_sampler=self._noise_sampler([keys[i] for i in idx], latents.shape[1:]))
+        return self._guarded(fn, len(latents))
+
+    def _noise_sampler(self, keys, shape):
+        """Each image draws its noise from its own generator, seeded by the run's seed and the image's
+        key, so results do not depend on which other images share its batch or process."""
+        if self.eta == 0:
+            return None
+        gens = [torch.Generator().manual_seed(image_seed(self.seed, k)) for k in keys]
+        return lambda i: torch.stack([torch.randn(tuple(shape), generator=g) for g in gens]).to(self.device)
+
+    def translate(self, x0: torch.Tensor, keys: Sequence[str], class_A=None, class_B=None):
+        """One bridge for a batch with one source and one target class; returns (images, ok)."""
+        latents, ok_a = self.invert(x0, [class_A] * len(x0))
+        out, ok_b = self.generate(latents, [class_B] * len(x0), keys)
+        return out, ok_a & ok_b
+
+
+@dataclass
+class Layout:
+    """Where each output goes. With several target classes in a run, outputs are grouped in
+    SAVE_DIR/<class_B>/; otherwise SAVE_DIR/<relative path>.png, one-to-one with the inputs."""
+    save_dir: Path
+    names: dict  # input relative path → output relative path (.png)
+    grouped: bool
+    overwrite: bool = False
+
+    def output(self, rel: Path, target: Optional[int]) -> Path:
+        return self.save_dir / (str(target) if self.grouped else "") / self.names[rel]
+
+    def latent(self, rel: Path) -> Path:
+        return self.save_dir / self.names[rel].with_suffix(".pt")
+
+    def pending(self, job: Job) -> List[Optional[int]]:
+        """The targets still to do: those without a (complete) output, or all with --overwrite."""
+        return [t for t in job.targets if self.overwrite or not self.output(job.rel, t).is_file()]
+
+
+@dataclass
+class Options:
+    micro_batch: int
+    image_size: int
+    save_pairs: bool = False
+    save_grid: bool = False
+    save_latents: bool = False
+    from_latents: Optional[Path] = None  # a previous run's SAVE_DIR holding <relative path>.pt latents
+    cycle: bool = False
 
 
 @dataclass
 class FolderResult:
-    """What one process did: counts, and (path, reason) for each input it could not translate."""
+    """What one process did: counts, problems as (path, reason), and cycle rows."""
     translated: int = 0
     skipped: int = 0
     failed: int = 0
     problems: list = field(default_factory=list)
+    cycle_rows: list = field(default_factory=list)
     interrupted: bool = False
 
+    def problem(self, bridge, rel, kind: str, reason: str):
+        bridge.warn(f"{'skipping' if kind == 'skipped' else 'failed'} {rel.as_posix()}: {reason}")
+        setattr(self, kind, getattr(self, kind) + 1)
+        self.problems.append((rel.as_posix(), f"{kind}: {reason}"))
 
-def translate_folder(bridge: Bridge, rel_paths, input_dir: Path, save_dir: Path, names: dict, image_size: int,
-                     micro_batch: int, save_pairs: bool, progress=None) -> FolderResult:
-    """Read, translate and write ``rel_paths`` in micro-batches; unreadable files are skipped with one
-    warning each. Ctrl-C (or SIGTERM) stops at once: what was written stays, the batch in hand is
-    dropped, and ``interrupted`` is set."""
+
+def translate_folder(bridge: Bridge, jobs: List[Job], input_dir: Path, layout: Layout, opts: Options,
+                     progress=None) -> FolderResult:
+    """Process ``jobs`` in micro-batches. Ctrl-C (or SIGTERM) stops at once: what was written stays,
+    the batch in hand is dropped, and ``interrupted`` is set."""
     result = FolderResult()
     try:
-        for start in range(0, len(rel_paths), micro_batch):
-            batch = []
-            for rel in rel_paths[start:start + micro_batch]:
-                try:
-                    batch.append((rel, load_image(input_dir / rel, image_size)))
-                except ImageReadError as e:
-                    bridge.warn(f"skipping {rel.as_posix()}: {e}")
-                    result.skipped += 1
-                    result.problems.append((rel.as_posix(), f"skipped: {e}"))
-            if batch:
-                _translate_and_save(bridge, batch, save_dir, names, save_pairs, result)
+        for start in range(0, len(jobs), opts.micro_batch):
+            chunk = jobs[start:start + opts.micro_batch]
+            _process_batch(bridge, chunk, input_dir, layout, opts, result)
             if progress is not None:
-                progress.update(len(rel_paths[start:start + micro_batch]))
+                progress.update(len(chunk))
     except KeyboardInterrupt:
         result.interrupted = True
     return result
 
 
-def _translate_and_save(bridge, batch, save_dir, names, save_pairs, result):
-    rels = [rel for rel, _ in batch]
-    try:
-        out, ok = bridge.translate(to_tensor([arr for _, arr in batch]), rels)
-    except torch.OutOfMemoryError:
-        for rel in rels:
-            bridge.warn(f"failed {rel.as_posix()}: out of memory even at one image per batch")
-            result.failed += 1
-            result.problems.append((rel.as_posix(), "failed: out of memory"))
+def _read_sources(bridge, chunk, input_dir, opts, result):
+    batch = []
+    for job in chunk:
+        try:
+            batch.append((job, load_image(input_dir / job.rel, opts.image_size)))
+        except ImageReadError as e:
+            result.problem(bridge, job.rel, "skipped", str(e))
+    return batch
+
+
+def _latents(bridge, batch, layout, opts, result):
+    """Invert the batch (or load earlier latents); returns the jobs kept and their latents."""
+    if opts.from_latents is None:
+        x0 = to_tensor([arr for _, arr in batch])
+        latents, ok = bridge.invert(x0, [job.class_A for job, _ in batch])
+    else:
+        shape = (bridge.model_A.in_channels, opts.image_size, opts.image_size)
+        loaded = [_load_latent(opts.from_latents / layout.names[job.rel].with_suffix(".pt"), bridge, shape)
+                  for job, _ in batch]
+        ok = torch.tensor([torch.is_tensor(x) for x in loaded])
+        latents = torch.stack([x if torch.is_tensor(x) else torch.zeros(shape) for x in loaded])
+    kept = []
+    for i, ((job, src), good) in enumerate(zip(batch, ok.tolist())):
+        if good:
+            kept.append((i, job, src))
+        elif opts.from_latents is not None:
+            result.problem(bridge, job.rel, "skipped", loaded[i])
+        else:
+            result.problem(bridge, job.rel, "failed", "the inversion is not finite (NaN or inf)")
+    if opts.save_latents and opts.from_latents is None:
+        for i, job, _ in kept:
+            _save_latent(latents[i], job, bridge, layout.latent(job.rel))
+    return kept, latents
+
+
+def _process_batch(bridge, chunk, input_dir, layout, opts, result):
+    batch = _read_sources(bridge, chunk, input_dir, opts, result)
+    if not batch:
         return
-    for (rel, src), image, good in zip(batch, out, ok.tolist()):
-        if not good:
-            bridge.warn(f"failed {rel.as_posix()}: the translation is not finite (NaN or inf)")
-            result.failed += 1
-            result.problems.append((rel.as_posix(), "failed: non-finite translation"))
-            continue
-        arr = to_uint8(image)
-        if save_pairs:
-            save_png(side_by_side(src, arr), save_dir / PAIRS_DIR / names[rel])
-        save_png(arr, save_dir / names[rel])  # last, so an existing output means a complete one
-        result.translated += 1
+    kept, latents = _latents(bridge, batch, layout, opts, result)
+    pending = {job.rel: layout.pending(job) for _, job, _ in kept}
+    pairs = [(i, job, src, target) for i, job, src in kept for target in pending[job.rel]]
+    images = {}
+    for start in range(0, len(pairs), opts.micro_batch):
+        part = pairs[start:start + opts.micro_batch]
+        idx = [i for i, *_ in part]
+        keys = [f"{job.rel.as_posix()}#{target}" for _, job, _, target in part]
+        out, ok = bridge.generate(latents[idx], [t for *_, t in part], keys)
+        if opts.cycle:
+            _cycle(bridge, part, out, ok, result)
+        for (i, job, src, target), image, good in zip(part, out, ok.tolist()):
+            if not good:
+                result.problem(bridge, job.rel, "failed", f"the translation to class {target} is not finite")
+                continue
+            arr = to_uint8(image)
+            images[(job.rel, target)] = arr
+            if opts.save_pairs:
+                save_png(side_by_side(src, arr), layout.save_dir / PAIRS_DIR / layout.output(job.rel, target)
+                         .relative_to(layout.save_dir))
+            save_png(arr, layout.output(job.rel, target))  # last: an existing output is a complete one
+    for _, job, src in kept:
+        done = [t for t in job.targets if (job.rel, t) in images]
+        if pending[job.rel] and all((job.rel, t) in images for t in pending[job.rel]):
+            result.translated += 1
+        if opts.save_grid and done:
+            save_png(side_by_side(src, *(images[(job.rel, t)] for t in done)),
+                     layout.save_dir / GRIDS_DIR / layout.names[job.rel])
 
 
-def write_problems(problems, path: Path) -> Path:
-    """Write (path, reason) rows as CSV, atomically."""
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images, in dB (inf when identical)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def _cycle(bridge, part, out, ok, result):
+    """Translate each result back to its source class: A → B → A, the bridge's cycle consistency."""
+    good = [k for k, g in enumerate(ok.tolist()) if g]
+    if not good:
+        return
+    back_latents, ok_b = bridge.invert(out[good], [part[k][3] for k in good], model=bridge.model_B)
+    back, ok_a = bridge.generate(back_latents, [part[k][1].class_A for k in good],
+                                 [f"{part[k][1].rel.as_posix()}#cycle" for k in good], model=bridge.model_A,
+                                 guided=False)
+    for k, image, fine in zip(good, back, (ok_b & ok_a).tolist()):
+        _, job, src, target = part[k]
+        value = psnr(to_uint8(image), src) if fine else float("nan")
+        result.cycle_rows.append((job.rel.as_posix(), job.class_A, target, value))
+
+
+def _save_latent(latent, job, bridge, path: Path):
+    """Keep an image's latent with what it was made with, so a later run can generate from it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".ddib-tmp", dir=path.parent)
+    os.close(fd)
+    torch.save({"latent": latent.detach().float().cpu(), "class_A": job.class_A,
+                "timesteps": list(bridge.timesteps),
+                "alphas_cumprod_last": float(bridge.alphas_cumprod[bridge.timesteps[-1]])}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_latent(path: Path, bridge, shape):
+    """A saved latent as a tensor, or the reason it cannot be used."""
+    if not path.is_file():
+        return f"no saved latent at {path}"
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        latent = data["latent"]
+    except Exception as e:  # corrupt or foreign file
+        return f"cannot read latent {path}: {' '.join(str(e).split())[:120]}"
+    if list(data.get("timesteps", [])) != list(bridge.timesteps):
+        return (f"latent {path} was made with other timesteps ({len(data.get('timesteps', []))} steps); "
+                "use the same --respace_type and --respace_steps")
+    if tuple(latent.shape) != tuple(shape):
+        return f"latent {path} has shape {tuple(latent.shape)}, the model needs {tuple(shape)}"
+    return latent.float()
+
+
+def write_csv(rows, header, path: Path) -> Path:
+    """Write rows as CSV, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.ddib-tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows(sorted(problems))
+        writer.writerow(header)
+        writer.writerows(sorted(rows, key=lambda r: tuple(str(v) for v in r)))
     os.replace(tmp, path)
     return path

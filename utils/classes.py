@@ -1,0 +1,72 @@
+"""Class labels from what a user types: an index, an ImageNet WordNet id, or a name."""
+
+import difflib
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import UserError
+
+SYNSETS = Path(__file__).resolve().parents[1] / "assets" / "imagenet_synsets.txt"
+IMAGENET_CLASSES = 1000
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> list:
+    """[(wnid, [name, synonym, …]), …] in class-index order, the order the checkpoints were trained in."""
+    classes = []
+    for line in SYNSETS.read_text(encoding="utf-8").splitlines():
+        wnid, _, names = line.partition(" ")
+        classes.append((wnid, [n.strip() for n in names.split(",") if n.strip()]))
+    return classes
+
+
+def describe(index: int) -> str:
+    wnid, names = imagenet_classes()[index]
+    return f"{index:4d}  {wnid}  {', '.join(names)}"
+
+
+def search(query: str, limit: int = 20) -> list:
+    """Indices of classes whose id or names contain ``query`` (case-insensitive), then close spellings."""
+    q = query.strip().lower()
+    hits = [i for i, (wnid, names) in enumerate(imagenet_classes())
+            if q == wnid.lower() or any(q in n.lower() for n in names)]
+    if not hits:
+        lookup = {n.lower(): i for i, (_, names) in enumerate(imagenet_classes()) for n in names}
+        hits = list(dict.fromkeys(lookup[m] for m in difflib.get_close_matches(q, lookup, n=limit, cutoff=0.6)))
+    return hits[:limit]
+
+
+def resolve(text, num_classes) -> int:
+    """One class label from ``text``: an integer, a WordNet id (n04409515) or a name ("tiger")."""
+    text = str(text).strip()
+    if re.fullmatch(r"-?\d+", text):
+        label = int(text)
+        if num_classes is not None and not 0 <= label < num_classes:
+            raise UserError(f"class {label} is out of range: the model has classes 0..{num_classes - 1}")
+        return label
+    if num_classes != IMAGENET_CLASSES:
+        raise UserError(f"class {text!r}: names are known for the 1000 ImageNet classes only; "
+                        "give an integer label")
+    classes = imagenet_classes()
+    low = text.lower()
+    exact = [i for i, (wnid, names) in enumerate(classes)
+             if low == wnid.lower() or any(low == n.lower() for n in names)]
+    if len(exact) == 1:
+        return exact[0]
+    matches = exact or search(text)
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UserError(f"unknown class {text!r}; try --list_classes QUERY")
+    shown = "; ".join(f"{i} {classes[i][1][0]}" for i in matches[:8])
+    raise UserError(f"class {text!r} is ambiguous: {shown}{' …' if len(matches) > 8 else ''}; "
+                    "give the index or the WordNet id")
+
+
+def resolve_list(text, num_classes) -> list:
+    """Comma-separated labels, for several targets at once."""
+    parts = [p for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise UserError("empty class list")
+    return list(dict.fromkeys(resolve(p, num_classes) for p in parts))

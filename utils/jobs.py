@@ -1,0 +1,96 @@
+"""Which class each input comes from and goes to: from the flags, the folder names or a manifest."""
+
+import csv
+from pathlib import Path, PurePosixPath
+from typing import List, Optional
+
+from .classes import resolve, resolve_list
+from .errors import UserError
+from .runner import Job
+
+FOLDER = "folder"
+
+
+def _check_side(flag: str, value, num_classes: Optional[int]):
+    if num_classes is None and value is not None:
+        raise UserError(f"{flag}: that side's model is unconditional (no num_classes in its config); drop {flag}")
+    if num_classes is not None and value is None:
+        raise UserError(f"{flag} is required: that side's model is class-conditional ({num_classes} classes)")
+
+
+def _flagged(flag, fn, *args):
+    try:
+        return fn(*args)
+    except UserError as e:
+        raise UserError(f"{flag}: {e}") from None
+
+
+def _from_flags(rel_paths, class_A, class_B, classes_A, classes_B):
+    _check_side("--class_A", class_A, classes_A)
+    _check_side("--class_B", class_B, classes_B)
+    targets = [None] if class_B is None else _flagged("--class_B", resolve_list, class_B, classes_B)
+    if class_A is None or class_A.strip().lower() != FOLDER:
+        source = None if class_A is None else _flagged("--class_A", resolve, class_A, classes_A)
+        return [Job(rel, source, targets) for rel in rel_paths], []
+    jobs, skipped, by_folder = [], [], {}
+    for rel in rel_paths:
+        if len(rel.parts) < 2:
+            skipped.append((rel, "--class_A folder: the image is not inside a class folder"))
+            continue
+        folder = rel.parts[0]
+        if folder not in by_folder:
+            try:
+                by_folder[folder] = resolve(folder, classes_A)
+            except UserError as e:
+                raise UserError(f"--class_A folder: folder {folder!r}: {e}") from None
+        jobs.append(Job(rel, by_folder[folder], targets))
+    return jobs, skipped
+
+
+def _from_manifest(path: Path, rel_paths, classes_A, classes_B):
+    known = {rel.as_posix(): rel for rel in rel_paths}
+    jobs, skipped = {}, []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise UserError(f"--manifest {path}: the first line must name the columns path,class_A,class_B")
+        for line, row in enumerate(reader, start=2):
+            name = PurePosixPath((row.get("path") or "").strip().replace("\\", "/")).as_posix()
+            try:
+                source = resolve(row["class_A"], classes_A) if (row.get("class_A") or "").strip() else None
+                targets = (resolve_list(row["class_B"].replace(";", ","), classes_B)
+                           if (row.get("class_B") or "").strip() else [None])
+                _check_side("class_A", source, classes_A)
+                _check_side("class_B", targets[0], classes_B)
+            except UserError as e:
+                raise UserError(f"--manifest {path} line {line}: {e}") from None
+            if name not in known:
+                skipped.append((Path(name), "listed in the manifest but not an image under --input_dir"))
+                continue
+            job = jobs.setdefault(name, Job(known[name], source, []))
+            if job.class_A != source:
+                raise UserError(f"--manifest {path} line {line}: {name} is listed with two source classes")
+            job.targets.extend(t for t in targets if t not in job.targets)
+    return list(jobs.values()), skipped
+
+
+def plan_jobs(rel_paths, args, classes_A: Optional[int], classes_B: Optional[int],
+              classifier_classes: Optional[int] = None) -> tuple:
+    """Jobs for the inputs, and (path, reason) for inputs that cannot be planned."""
+    if args.manifest:
+        if args.class_A is not None or args.class_B is not None:
+            raise UserError("--manifest gives the classes; drop --class_A/--class_B")
+        jobs, skipped = _from_manifest(Path(args.manifest), rel_paths, classes_A, classes_B)
+    else:
+        jobs, skipped = _from_flags(rel_paths, args.class_A, args.class_B, classes_A, classes_B)
+    if classifier_classes is not None:
+        for job in jobs:
+            bad = [t for t in job.targets if t is None or not 0 <= t < classifier_classes]
+            if bad:
+                raise UserError(f"class_B {bad[0]} cannot be guided: the classifier has classes "
+                                f"0..{classifier_classes - 1}")
+    return jobs, skipped
+
+
+def all_targets(jobs: List[Job]) -> list:
+    return sorted({t for job in jobs for t in job.targets}, key=lambda t: -1 if t is None else t)
