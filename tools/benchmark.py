@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -143,6 +144,11 @@ def run_ddib(unet, clf, x0, labels, ac, timesteps, device, scale: float):
     return dict(plain=plain, guided=guided, t_inv=t_inv, t_gen=t_gen, t_guided=t_guided)
 
 
+def _compiled_graphs() -> int:
+    """Graphs Dynamo has compiled so far: must not grow during timing (a recompile would be timed)."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
 def eps_once(unet, x, labels, autocast, device) -> torch.Tensor:
     """ε at t = 500 for a fixed input: the per-forward accuracy probe."""
     with torch.no_grad(), autocast_context(device, autocast):
@@ -166,9 +172,12 @@ def time_job(path, base_unet, base_clf, batch, args, ac, flops, device) -> dict:
         warm = time.perf_counter()
         run_ddib(unet, clf, x0, labels, ac, respace("uniform", ac.numel(), 2), device, args.classifier_scale)
         warm = time.perf_counter() - warm
-        r = run_ddib(unet, clf, x0, labels, ac, respace("uniform", ac.numel(), args.steps), device,
-                     args.classifier_scale)
-    res = dict(path=path, batch=batch, warmup_s=round(warm, 2))
+        graphs = _compiled_graphs()
+        runs = [run_ddib(unet, clf, x0, labels, ac, respace("uniform", ac.numel(), args.steps), device,
+                         args.classifier_scale) for _ in range(args.repeats)]
+    r = {k: min(run[k] for run in runs) if k.startswith("t_") and runs[0][k] is not None else runs[-1][k]
+         for k in runs[0]}
+    res = dict(path=path, batch=batch, warmup_s=round(warm, 2), recompiled_while_timing=_compiled_graphs() - graphs)
     fwd = (r["t_inv"] + r["t_gen"]) / (2 * args.steps - 1)
     res.update(forward_s=fwd, forwards_per_s=batch / fwd, tflops=flops["unet_forward"] * batch / fwd / 1e12,
                translations_per_s=batch / ((TOTAL_INV + TOTAL_GEN) * fwd))
@@ -224,7 +233,7 @@ def markdown(meta: dict, results: list) -> str:
     """The report: setup, speed table, accuracy table, and the targets of issue 4."""
     peak = meta.get("peak_tflops")
     lines = [f"## DDIB benchmark: {meta['config']} on {meta['device_name']}", "",
-             f"torch {meta['torch']}; timed with {meta['steps']}+{meta['steps']} steps, per-forward time "
+             f"torch {meta['torch']}; timed with {meta['steps']}+{meta['steps']} steps (best of {meta['repeats']}), per-forward time "
              f"extrapolated to a 100+100-step translation ({TOTAL_INV}+{TOTAL_GEN} UNet forwards"
              f"{', +100 classifier gradients when guided' if meta['classifier'] else ''}). "
              f"UNet forward {meta['flops']['unet_forward'] / 1e12:.4f} TFLOP/image, classifier gradient "
@@ -250,11 +259,13 @@ def markdown(meta: dict, results: list) -> str:
             _f(r.get("x_eager_fp16_gd_guided"))]) + " |")
     lines += ["", "Accuracy against eager fp32 on the same random weights and inputs (random weights make "
               "DDIM chaotic: end-to-end PSNR is a loose measure, ε error the tight one):", "",
-              "| batch | path | ε rel. error | PSNR plain dB | PSNR guided dB | finite |", "|---:|---|---:|---:|---:|---|"]
+              "| batch | path | ε rel. error | PSNR plain dB | PSNR guided dB | finite | recompiles while timing |",
+              "|---:|---|---:|---:|---:|---|---:|"]
     for r in results:
         if "forward_s" in r and r["path"] != "eager_fp32":
             lines.append(f"| {r['batch']} | {r['path']} | {_f(r.get('eps_rel_err'), 4)} | "
-                         f"{_f(r.get('psnr_plain_db'), 1)} | {_f(r.get('psnr_guided_db'), 1)} | {r['finite']} |")
+                         f"{_f(r.get('psnr_plain_db'), 1)} | {_f(r.get('psnr_guided_db'), 1)} | {r['finite']} | "
+                         f"{r['recompiled_while_timing']} |")
     auto = [r["auto_micro_batch"] for r in results if "auto_micro_batch" in r]
     if auto:
         lines += ["", f"`pick_micro_batch` (fast path, with guidance) chose: {auto[0]}"]
@@ -293,6 +304,11 @@ def parse_args(argv=None):
     p.add_argument("--fast_dtype", choices=list(DTYPES), default=None,
                    help="weights of the fast path (default bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--steps", type=int, default=10, help="timed DDIM steps per direction")
+    p.add_argument("--repeats", type=int, default=1 if cuda else 3,
+                   help="timed runs per job; the fastest counts (shared CPUs are noisy)")
+    p.add_argument("--threads", type=int, default=None if cuda else 1,
+                   help="torch CPU threads (default 1 on the CPU: on a shared 2-core box more threads "
+                        "oversubscribe and the timings swing 10x)")
     p.add_argument("--classifier_scale", type=float, default=1.0)
     p.add_argument("--time_budget", type=float, default=300.0,
                    help="seconds; jobs that would start after this are skipped (and reported)")
@@ -310,10 +326,11 @@ def parse_args(argv=None):
 
 def meta_info(args, cfg, flops) -> dict:
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU ({torch.get_num_threads()} of {os.cpu_count()} cores)")
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     return dict(config=args.config, device=str(device), device_name=name, peak_tflops=peak, torch=torch.__version__,
-                steps=args.steps, fast_dtype=args.fast_dtype, flops=flops, classifier=bool(cfg.get("classifier")),
+                steps=args.steps, repeats=args.repeats, fast_dtype=args.fast_dtype, flops=flops, classifier=bool(cfg.get("classifier")),
                 cudnn_benchmark=torch.backends.cudnn.benchmark, batch_sizes=args.batch_sizes, paths=args.paths)
 
 
@@ -321,6 +338,8 @@ def run_all(args) -> tuple:
     """Every (batch, path) job in order, within the time budget; failures are recorded, not fatal."""
     start = time.perf_counter()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.no_cudnn_benchmark
     cfg = load_config(args.config)
     flops = count_flops(cfg)

@@ -76,6 +76,8 @@ def compare(ref: dict, got: dict) -> dict:
 
 def run(device="cpu", dtypes=("bf16",), compile=False, which=OUTPUTS) -> dict:
     """float32 on ``device`` vs the fixture, then each dtype (and compiled variant) vs float32."""
+    torch.backends.cudnn.allow_tf32 = False  # the reference must be true float32 on a GPU too
+    torch.backends.cuda.matmul.allow_tf32 = False
     golden = load_golden()
     unet, clf = golden_models(golden, device)
     ref = golden_translations(unet, clf, golden, device, which)
