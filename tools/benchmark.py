@@ -283,7 +283,7 @@ def targets(results: list, meta: dict) -> str:
               ("≥ 1.1 translations/s (100+100)", max(r["translations_per_s"] for r in fast), 1.1),
               ("guided fast ≥ 2× eager fp16 guided",
                max((r.get("x_eager_fp16_gd_guided") or 0) for r in fast) or None, 2.0)]
-    out = ["Targets (issue 4, on a GPU):"]
+    out = ["Targets (issue 4; they are meant for one H100/H200):"]
     for name, value, bound in checks:
         verdict = "n/a" if value is None else ("PASS" if value >= bound else "FAIL")
         out.append(f"- {name}: {_f(value)} → {verdict}")
