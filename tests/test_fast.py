@@ -151,3 +151,24 @@ def test_compiled_fp32_matches_golden(golden):
     grad = _guidance_grad(clf, c["x"], c["t"], label)
     ref = _guidance_grad(golden_models(golden)[1], c["x"], c["t"], label)
     assert (grad - ref).abs().max() < 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_micro_batch_search_on_a_fake_gpu(golden, monkeypatch):
+    """The CUDA branch without a GPU: sizes above 24 run out of memory, 24 peaks above 85 %."""
+    import models.fast as fast
+    peak = {}
+
+    def probe(model, classifier, batch, device, scale):
+        if batch > 24:
+            raise torch.cuda.OutOfMemoryError("fake")
+        peak["bytes"] = batch * 4e9
+
+    class Props:
+        total_memory = 100e9
+
+    monkeypatch.setattr(fast, "_probe", probe)
+    for name, fn in [("get_device_properties", lambda d: Props), ("empty_cache", lambda: None),
+                     ("reset_peak_memory_stats", lambda d: None), ("max_memory_allocated", lambda d: peak["bytes"])]:
+        monkeypatch.setattr(torch.cuda, name, fn)
+    unet, clf = golden_models(golden)
+    assert pick_micro_batch(unet, clf, torch.device("cuda")) == 16  # 24 × 4 GB = 96 % > 85 %
