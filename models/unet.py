@@ -40,6 +40,12 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x)
 
 
+def _param_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of a module's first parameter. Mixed-precision inference (``models.fast``) stores the
+    blocks in 16 bits and the embedding and output head in float32; inputs are cast to match."""
+    return next(module.parameters()).dtype
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.detach().zero_()
@@ -296,14 +302,14 @@ class UNetModel(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if y is not None:
             emb = emb + self.label_emb(y)
-        h, skips = x, []
+        h, skips = x.to(_param_dtype(self.input_blocks)), []
         for block in self.input_blocks:
             h = block(h, emb)
             skips.append(h)
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        return self.out(h.to(_param_dtype(self.out)))
 
 
 class EncoderUNetModel(nn.Module):
@@ -336,7 +342,7 @@ class EncoderUNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
-        h = x
+        h = x.to(_param_dtype(self.input_blocks))
         for block in self.input_blocks:
             h = block(h, emb)
-        return self.out(self.middle_block(h, emb))
+        return self.out(self.middle_block(h, emb).to(_param_dtype(self.out)))
