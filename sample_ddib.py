@@ -21,6 +21,9 @@ def _interrupt_on_sigterm():
     signal.signal(signal.SIGTERM, handler)
 
 
+COMPILE_MIN_IMAGES = 256  # per process; below this --compile auto stays eager
+
+
 def _load_network(cls, cfg_section, weights, what, device):
     from utils.checkpoints import load_weights
     from utils.config import build_network
@@ -30,12 +33,45 @@ def _load_network(cls, cfg_section, weights, what, device):
     return net.to(device).eval().requires_grad_(False)
 
 
-def build_bridge(args, cfg_A, cfg_B, accelerator, warn):
+def _load_networks(args, cfg_A, cfg_B, device):
+    """(model_A, model_B, classifier) in float32 with their weights; model_B is model_A for one model."""
+    from models import EncoderUNetModel, UNetModel
+
+    model_A = _load_network(UNetModel, cfg_A["model"], args.weights, "model", device)
+    model_B = model_A if args.weights_B is None else \
+        _load_network(UNetModel, cfg_B["model"], args.weights_B, "target model (--weights_B)", device)
+    classifier = None if args.classifier_weights is None else \
+        _load_network(EncoderUNetModel, cfg_B["classifier"], args.classifier_weights, "classifier", device)
+    return model_A, model_B, classifier
+
+
+def _prepare(nets, dtype, compile, per_sample_workers):
+    """Apply the fast path to each distinct network: 16-bit weights cast once, channels_last and
+    torch.compile where asked; on the CPU, one-sample-at-a-time evaluation (bit-identical results)."""
+    from models import PerSample
+    from models.fast import prepare_for_inference
+
+    done = {}
+    for net in nets:
+        if net is not None and id(net) not in done:
+            prepared = prepare_for_inference(net, dtype=dtype, compile=compile) if dtype or compile else net
+            done[id(net)] = PerSample(prepared, per_sample_workers) if per_sample_workers else prepared
+    return tuple(None if net is None else done[id(net)] for net in nets)
+
+
+def choose_compile(args, device, images: int) -> bool:
+    """torch.compile pays back its minutes of compiling only over many images on a GPU."""
+    if args.compile == "auto":
+        return device.type == "cuda" and images >= COMPILE_MIN_IMAGES
+    return args.compile == "on"
+
+
+def build_bridge(args, cfg_A, cfg_B, accelerator, warn, images: int):
     """Networks on the device with their weights, the schedule and the sampler settings."""
     import torch
 
     from diffusions import alphas_cumprod, respace
-    from models import EncoderUNetModel, PerSample, UNetModel
+    from models.fast import pick_micro_batch
     from utils.runner import Bridge
 
     diffusion = cfg_A["diffusion"]
@@ -44,23 +80,30 @@ def build_bridge(args, cfg_A, cfg_B, accelerator, warn):
     except ValueError as e:
         raise UserError(str(e)) from None
     device = accelerator.device
-    model_A = _load_network(UNetModel, cfg_A["model"], args.weights, "model", device)
-    model_B = model_A if args.weights_B is None else \
-        _load_network(UNetModel, cfg_B["model"], args.weights_B, "target model (--weights_B)", device)
-    classifier = None if args.classifier_weights is None else \
-        _load_network(EncoderUNetModel, cfg_B["classifier"], args.classifier_weights, "classifier", device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    if dtype == torch.float16 and device.type == "cpu":
+        raise UserError("--mixed_precision fp16 needs a GPU; use bf16 on the CPU")
+    compile = choose_compile(args, device, images)
+    nets = _load_networks(args, cfg_A, cfg_B, device)
+    micro_batch = args.micro_batch
+    if micro_batch == "auto":
+        micro_batch = pick_micro_batch(nets[0], nets[2], device, cpu_batch=8) if device.type == "cuda" else 8
+    workers = 0
     if device.type == "cpu":  # bit-identical outputs for any --micro_batch and process count
         workers = torch.get_num_threads()
         torch.set_num_threads(1)
-        wrapped = {id(m): PerSample(m, workers) for m in (model_A, model_B, classifier) if m is not None}
-        model_A, model_B = wrapped[id(model_A)], wrapped[id(model_B)]
-        classifier = wrapped[id(classifier)] if classifier is not None else None
+    model_A, model_B, classifier = _prepare(nets, dtype, compile, workers)
+
+    def float32_networks():
+        return _prepare(_load_networks(args, cfg_A, cfg_B, device), None, False, workers)
+
     scale = 1.0 if args.classifier_scale is None else args.classifier_scale
-    return Bridge(model_A=model_A, model_B=model_B,
-                  alphas_cumprod=alphas_cumprod(diffusion["beta_schedule"], diffusion["total_steps"]),
-                  timesteps=timesteps, device=device, classifier=classifier, classifier_scale=scale, eta=args.eta,
-                  clip_x0=args.clip_x0, seed=args.seed,
-                  autocast=accelerator.autocast if accelerator.mixed_precision != "no" else None, warn=warn)
+    bridge = Bridge(model_A=model_A, model_B=model_B,
+                    alphas_cumprod=alphas_cumprod(diffusion["beta_schedule"], diffusion["total_steps"]),
+                    timesteps=timesteps, device=device, classifier=classifier, classifier_scale=scale,
+                    eta=args.eta, clip_x0=args.clip_x0, seed=args.seed, low_precision=dtype is not None,
+                    fallback=float32_networks, pad_to=micro_batch if compile and not workers else None, warn=warn)
+    return bridge, micro_batch, compile
 
 
 def list_classes(query: str) -> int:
@@ -121,12 +164,15 @@ def run(args) -> int:
             print(f"skipping {len(jobs) - len(todo)} input(s) whose output already exists "
                   "(--overwrite redoes them)", flush=True)
     accelerator.wait_for_everyone()  # the start barrier: no process writes before the clean-up
-    bridge = build_bridge(args, cfg_A, cfg_B, accelerator, warn)
-    opts = Options(micro_batch=8 if args.micro_batch == "auto" else args.micro_batch,
+    mine = todo[rank::world]
+    bridge, micro_batch, compiled = build_bridge(args, cfg_A, cfg_B, accelerator, warn, len(mine))
+    if accelerator.is_main_process and (compiled or args.micro_batch == "auto"):
+        print(f"micro-batch {micro_batch}" + (", torch.compile on: the first batch includes compiling "
+                                                "(minutes; --compile off skips it)" if compiled else ""), flush=True)
+    opts = Options(micro_batch=micro_batch,
                    image_size=cfg_A["model"]["image_size"], save_pairs=args.save_pairs, save_grid=args.save_grid,
                    save_latents=args.save_latents, cycle=args.cycle,
                    from_latents=Path(args.from_latents) if args.from_latents else None)
-    mine = todo[rank::world]
     start = time.time()
     with tqdm(total=len(mine), unit="img", dynamic_ncols=True, disable=not accelerator.is_main_process,
               desc="translating" + (f" (process 0 of {world})" if world > 1 else "")) as bar:
@@ -142,6 +188,8 @@ def run(args) -> int:
         problems = problems + [(rel.as_posix(), f"skipped: {reason}") for rel, reason in unplanned]
     elapsed = time.time() - start
     _report(accelerator, result, world, rank, save_dir, counts, problems, cycle_rows, elapsed)
+    if compiled and accelerator.is_main_process:
+        print(f"the first batch took {result.first_batch_s:.1f}s (compiling included)", flush=True)
     if result.interrupted:
         raise KeyboardInterrupt
     return 1 if counts[2] else 0

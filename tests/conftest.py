@@ -25,6 +25,14 @@ TINY_CONFIG = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The script sets one thread per process on the CPU; keep that from leaking across tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def golden():
     return torch.load(DATA / "ddib_public_32.pt", weights_only=True)

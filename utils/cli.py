@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--respace_steps", type=_positive_int, default=DEFAULT_RESPACE_STEPS,
                    help=f"number of timesteps for each half of the bridge (default: {DEFAULT_RESPACE_STEPS})")
     p.add_argument("--micro_batch", type=_micro_batch, default=8,
-                   help="images per forward pass in each process, or 'auto' (default: 8)")
+                   help="images per forward pass in each process, or 'auto': the largest that fits the GPU "
+                        "(8 on the CPU) (default: 8)")
     p.add_argument("--classifier_weights", help="noisy-classifier checkpoint for guidance on the target side; "
                                                 "the config needs a 'classifier' section")
     p.add_argument("--classifier_scale", type=float,
@@ -92,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate from the latents a --save_latents run left in DIR instead of inverting again")
     p.add_argument("--list_classes", metavar="QUERY", help="print the ImageNet classes matching QUERY and exit")
     p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"),
-                   help="run the networks in this precision (default: what accelerate launch was given, else no)")
+                   help="run the networks in this precision: their weights are cast once (GPU: bf16 where "
+                        "supported; CPU: bf16 only). Default: what accelerate launch was given, else no")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the networks (minutes of compiling, then about 2x faster on a GPU); "
+                        "auto: on a GPU when a process has at least 256 images (default: auto)")
     return p
 
 

@@ -5,11 +5,11 @@ generated once per target. The guards split a batch that runs out of memory, red
 came out non-finite under mixed precision, and never write a non-finite image.
 """
 
-import contextlib
 import csv
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -52,17 +52,27 @@ class Bridge:
     eta: float = 0.0
     clip_x0: bool = True
     seed: int = 0
-    autocast: Optional[Callable] = None  # a context manager factory for mixed precision, or None
+    low_precision: bool = False  # the networks hold 16-bit weights
+    fallback: Optional[Callable[[], tuple]] = None  # builds float32 (model_A, model_B, classifier) on demand
+    pad_to: Optional[int] = None  # compiled networks: pad every batch to this size (one static shape)
     warn: Callable[[str], None] = print
     _split_warned: bool = field(default=False, repr=False)
+    _float32: Optional[tuple] = field(default=None, repr=False)
 
-    def _context(self, autocast: bool):
-        return self.autocast() if autocast and self.autocast is not None else contextlib.nullcontext()
+    def _networks(self, low: bool) -> dict:
+        if low or not self.low_precision:
+            nets = (self.model_A, self.model_B, self.classifier)
+        else:
+            if self._float32 is None:
+                self._float32 = self.fallback()
+            nets = self._float32
+        return dict(zip(("A", "B", "classifier"), nets))
 
-    def _split_on_oom(self, fn, idx: list, autocast: bool) -> torch.Tensor:
+    def _split_on_oom(self, fn, idx: list, low: bool) -> torch.Tensor:
+        padded = idx + [idx[-1]] * (self.pad_to - len(idx)) if self.pad_to and len(idx) < self.pad_to else idx
         try:
-            with torch.no_grad(), self._context(autocast):
-                return fn(idx)
+            with torch.no_grad():
+                return fn(padded, self._networks(low))[:len(idx)]
         except torch.OutOfMemoryError:
             if len(idx) == 1:
                 raise
@@ -72,38 +82,37 @@ class Bridge:
                 self._split_warned = True
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+            self.pad_to = None  # smaller batches from here on
             half = len(idx) // 2
-            return torch.cat([self._split_on_oom(fn, idx[:half], autocast),
-                              self._split_on_oom(fn, idx[half:], autocast)])
+            return torch.cat([self._split_on_oom(fn, idx[:half], low), self._split_on_oom(fn, idx[half:], low)])
 
     def _guarded(self, fn, n: int):
-        """Run ``fn(indices)`` over a batch of n; returns (output, finite mask)."""
-        out = self._split_on_oom(fn, list(range(n)), autocast=True)
+        """Run ``fn(indices, networks)`` over a batch of n; returns (output, finite mask)."""
+        out = self._split_on_oom(fn, list(range(n)), low=True)
         bad = ~torch.isfinite(out).flatten(1).all(dim=1)
-        if bad.any() and self.autocast is not None:
+        if bad.any() and self.low_precision and self.fallback is not None:
             redo = bad.nonzero().flatten().tolist()
-            self.warn(f"{len(redo)} image(s) came out non-finite in mixed precision; redoing them in float32")
-            out[bad] = self._split_on_oom(fn, redo, autocast=False)
+            self.warn(f"{len(redo)} image(s) came out non-finite in 16-bit precision; redoing them in float32")
+            out[bad] = self._split_on_oom(fn, redo, low=False)
             bad = ~torch.isfinite(out).flatten(1).all(dim=1)
         return out, ~bad
 
-    def invert(self, x0: torch.Tensor, classes: Sequence[Optional[int]], model=None):
-        """Images → latents with the source model (or ``model``); returns (latents, ok)."""
-        model = self.model_A if model is None else model
+    def invert(self, x0: torch.Tensor, classes: Sequence[Optional[int]], side: str = "A"):
+        """Images → latents with the source model (or the target's, ``side="B"``); returns (latents, ok)."""
         x0, y = x0.to(self.device), _labels(classes, self.device)
-        return self._guarded(lambda idx: invert(model, x0[idx], None if y is None else y[idx],
-                                                self.alphas_cumprod, self.timesteps), len(x0))
+        return self._guarded(lambda idx, nets: invert(nets[side], x0[idx], None if y is None else y[idx],
+                                                      self.alphas_cumprod, self.timesteps), len(x0))
 
     def generate(self, latents: torch.Tensor, classes: Sequence[Optional[int]], keys: Sequence[str],
-                 model=None, guided: bool = True):
-        """Latents → images with the target model (or ``model``); ``keys`` name each image's noise."""
-        model = self.model_B if model is None else model
+                 side: str = "B", guided: bool = True):
+        """Latents → images with the target model (or the source's, ``side="A"``); ``keys`` name each
+        image's noise."""
         latents, y = latents.to(self.device), _labels(classes, self.device)
-        classifier = self.classifier if guided else None
 
-        def fn(idx):
-            return generate(model, latents[idx], None if y is None else y[idx], self.alphas_cumprod,
-                            self.timesteps, eta=self.eta, clip_x0=self.clip_x0, classifier=classifier,
+        def fn(idx, nets):
+            return generate(nets[side], latents[idx], None if y is None else y[idx], self.alphas_cumprod,
+                            self.timesteps, eta=self.eta, clip_x0=self.clip_x0,
+                            classifier=nets["classifier"] if guided else None,
                             classifier_scale=self.classifier_scale,
                             noise_sampler=self._noise_sampler([keys[i] for i in idx], latents.shape[1:]))
         return self._guarded(fn, len(latents))
@@ -163,6 +172,7 @@ class FolderResult:
     problems: list = field(default_factory=list)
     cycle_rows: list = field(default_factory=list)
     interrupted: bool = False
+    first_batch_s: float = 0.0  # includes warm-up and any compiling
 
     def problem(self, bridge, rel, kind: str, reason: str):
         bridge.warn(f"{'skipping' if kind == 'skipped' else 'failed'} {rel.as_posix()}: {reason}")
@@ -178,7 +188,10 @@ def translate_folder(bridge: Bridge, jobs: List[Job], input_dir: Path, layout: L
     try:
         for start in range(0, len(jobs), opts.micro_batch):
             chunk = jobs[start:start + opts.micro_batch]
+            began = time.perf_counter()
             _process_batch(bridge, chunk, input_dir, layout, opts, result)
+            if start == 0:
+                result.first_batch_s = time.perf_counter() - began
             if progress is not None:
                 progress.update(len(chunk))
     except KeyboardInterrupt:
@@ -266,10 +279,9 @@ def _cycle(bridge, part, out, ok, result):
     good = [k for k, g in enumerate(ok.tolist()) if g]
     if not good:
         return
-    back_latents, ok_b = bridge.invert(out[good], [part[k][3] for k in good], model=bridge.model_B)
+    back_latents, ok_b = bridge.invert(out[good], [part[k][3] for k in good], side="B")
     back, ok_a = bridge.generate(back_latents, [part[k][1].class_A for k in good],
-                                 [f"{part[k][1].rel.as_posix()}#cycle" for k in good], model=bridge.model_A,
-                                 guided=False)
+                                 [f"{part[k][1].rel.as_posix()}#cycle" for k in good], side="A", guided=False)
     for k, image, fine in zip(good, back, (ok_b & ok_a).tolist()):
         _, job, src, target = part[k]
         value = psnr(to_uint8(image), src) if fine else float("nan")
