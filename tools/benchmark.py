@@ -186,8 +186,8 @@ def time_job(path, base_unet, base_clf, batch, args, ac, flops, device) -> dict:
         res.update(guided_step_s=step,
                    guided_tflops=(flops["unet_forward"] + flops["classifier_grad"]) * batch / step / 1e12,
                    guided_translations_per_s=batch / (TOTAL_INV * fwd + TOTAL_GEN * step))
-    if torch.device(device).type == "cuda":
-        res["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    if torch.device(device).type == "cuda":  # the job's own: its model copies and activations
+        res["peak_mem_gib"] = (torch.cuda.max_memory_allocated(device) - args.base_mem) / 2 ** 30
     res["finite"] = bool(torch.isfinite(r["plain"]).all())
     res["_outputs"] = dict(plain=r["plain"].cpu(), guided=None if r["guided"] is None else r["guided"].cpu(),
                            eps=eps_once(unet, x0, labels, autocast, device))
@@ -239,7 +239,8 @@ def markdown(meta: dict, results: list) -> str:
              f"UNet forward {meta['flops']['unet_forward'] / 1e12:.4f} TFLOP/image, classifier gradient "
              f"{meta['flops']['classifier_grad'] / 1e12:.4f} TFLOP/image (FlopCounterMode, 2 × MACs). "
              f"fast = {meta['fast_dtype']} weights + channels_last + torch.compile. "
-             f"cudnn.benchmark={meta['cudnn_benchmark']}. "
+             f"cudnn.benchmark={meta['cudnn_benchmark']}. Peak GiB is each job's own (its model copies and "
+             f"activations; the float32 originals, {meta['base_models_gib']:.1f} GiB, excluded). "
              + (f"% peak is of {peak:.0f} TFLOP/s (dense bf16 measured on H100/H200)." if peak else
                 "No known peak for this device."), "",
              "| batch | path | transl/s | transl/s guided | UNet fwd/s | TFLOP/s | % peak | guided TFLOP/s "
@@ -275,6 +276,8 @@ def markdown(meta: dict, results: list) -> str:
 
 def targets(results: list, meta: dict) -> str:
     """Issue 4's targets, checked on the best batch size measured."""
+    if not meta["device"].startswith("cuda"):
+        return "Targets (issue 4) are for one H100/H200; not judged on the CPU."
     fast = [r for r in results if r["path"] == "fast" and "forward_s" in r]
     if not fast:
         return "Targets: fast path not measured."
@@ -346,6 +349,8 @@ def run_all(args) -> tuple:
     flops = count_flops(cfg)
     meta = meta_info(args, cfg, flops)
     base_unet, base_clf = build_models(cfg, device, args.seed)
+    args.base_mem = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    meta["base_models_gib"] = args.base_mem / 2 ** 30
     d = cfg["diffusion"]
     ac = alphas_cumprod(d["beta_schedule"], d["total_steps"])
     results, reserve = [], args.compile_reserve
