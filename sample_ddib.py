@@ -139,7 +139,7 @@ def run(args) -> int:
     save_dir = Path(args.save_dir)
     layout = Layout(save_dir, output_names([job.rel for job in jobs]), grouped=len(all_targets(jobs)) > 1,
                     overwrite=args.overwrite)
-    todo = jobs if args.overwrite else [job for job in jobs if layout.pending(job)]
+    todo = [job for job in jobs if layout.pending(job)]
 
     import torch
     from accelerate import Accelerator
