@@ -118,3 +118,39 @@ def hue_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Absolute circular difference of hues in degrees (0…180)."""
     d = np.abs(a - b) % 360.0
     return np.minimum(d, 360.0 - d)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1] (N,3,H,W) → (N,H,W,3) uint8, rounding as a PNG writer would."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def demo_indices(data: dict, per_class: int = 3, seed: int = 2):
+    """A seeded few held-out indices per class: the demo inputs shipped in assets/digits."""
+    rng = np.random.default_rng(seed)
+    held, labels = data["held_out"], data["labels"].numpy()
+    return {c: np.sort(rng.choice(held[labels[held] == c], per_class, replace=False))
+            for c in range(NUM_CLASSES)}
+
+
+def export_demo(out_dir: str, per_class: int = 3):
+    """Write ``out_dir/<class>/<dataset index>.png`` for the demo indices (8-bit RGB, 16×16)."""
+    import os
+
+    from PIL import Image
+
+    data = load()
+    for c, idx in demo_indices(data, per_class).items():
+        os.makedirs(os.path.join(out_dir, str(c)), exist_ok=True)
+        for i, pixels in zip(idx, to_uint8(data["images"][idx])):
+            Image.fromarray(pixels).save(os.path.join(out_dir, str(c), f"{i:04d}.png"))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Export held-out demo digits as PNG files.")
+    parser.add_argument("--export", default="assets/digits", help="output folder")
+    parser.add_argument("--per_class", type=int, default=3)
+    args = parser.parse_args()
+    export_demo(args.export, args.per_class)
