@@ -268,6 +268,12 @@ def test_messy_folder_end_to_end(tiny_files, tmp_path, capsys):
     assert "skipping 10 input(s) whose output already exists" in captured.out
     assert "translated 1," in captured.out
 
+    before = (out / "a.jpg.png").stat().st_mtime_ns
+    assert sample_ddib.main(_args(tiny_files, inp, out, "--respace_steps", "2", "--overwrite")) == 0
+    captured = capsys.readouterr()
+    assert "already exists" not in captured.out and "translated 11," in captured.out
+    assert (out / "a.jpg.png").stat().st_mtime_ns > before
+
 
 # --- numerics ----------------------------------------------------------------------------------------
 

@@ -10,26 +10,18 @@ from .errors import UserError
 DEFAULT_RESPACE_STEPS = 100
 
 
-def _micro_batch(value: str):
-    if value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value}")
-    return n
-
-
 def _positive_int(value: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
+        n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
     return n
+
+
+def _micro_batch(value: str):
+    return value if value == "auto" else _positive_int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
