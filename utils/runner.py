@@ -141,8 +141,12 @@ class Layout:
     grouped: bool
     overwrite: bool = False
 
-    def output(self, rel: Path, target: Optional[int]) -> Path:
-        return self.save_dir / (str(target) if self.grouped else "") / self.names[rel]
+    def output(self, rel: Path, target: Optional[int], under: str = "") -> Path:
+        """The translation's path; ``under`` a preview folder (pairs) mirrors the same layout."""
+        return self.save_dir / under / (str(target) if self.grouped else "") / self.names[rel]
+
+    def grid(self, rel: Path) -> Path:
+        return self.save_dir / GRIDS_DIR / self.names[rel]
 
     def latent(self, rel: Path) -> Path:
         return self.save_dir / self.names[rel].with_suffix(".pt")
@@ -256,16 +260,14 @@ def _process_batch(bridge, chunk, input_dir, layout, opts, result):
             arr = to_uint8(image)
             images[(job.rel, target)] = arr
             if opts.save_pairs:
-                save_png(side_by_side(src, arr), layout.save_dir / PAIRS_DIR / layout.output(job.rel, target)
-                         .relative_to(layout.save_dir))
+                save_png(side_by_side(src, arr), layout.output(job.rel, target, under=PAIRS_DIR))
             save_png(arr, layout.output(job.rel, target))  # last: an existing output is a complete one
     for _, job, src in kept:
         done = [t for t in job.targets if (job.rel, t) in images]
         if pending[job.rel] and all((job.rel, t) in images for t in pending[job.rel]):
             result.translated += 1
         if opts.save_grid and done:
-            save_png(side_by_side(src, *(images[(job.rel, t)] for t in done)),
-                     layout.save_dir / GRIDS_DIR / layout.names[job.rel])
+            save_png(side_by_side(src, *(images[(job.rel, t)] for t in done)), layout.grid(job.rel))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -311,6 +313,8 @@ def _load_latent(path: Path, bridge, shape):
     if list(data.get("timesteps", [])) != list(bridge.timesteps):
         return (f"latent {path} was made with other timesteps ({len(data.get('timesteps', []))} steps); "
                 "use the same --respace_type and --respace_steps")
+    if abs(data.get("alphas_cumprod_last", -1.0) - float(bridge.alphas_cumprod[bridge.timesteps[-1]])) > 1e-12:
+        return f"latent {path} was made with another noise schedule"
     if tuple(latent.shape) != tuple(shape):
         return f"latent {path} has shape {tuple(latent.shape)}, the model needs {tuple(shape)}"
     return latent.float()
