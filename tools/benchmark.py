@@ -30,6 +30,7 @@ from diffusions import alphas_cumprod, classifier_grad, ddim_invert, ddim_sample
 from models.fast import (autocast_context, convert_like_guided_diffusion_fp16, default_dtype,  # noqa: E402
                          pick_micro_batch, prepare_for_inference)
 from models.unet import EncoderUNetModel, UNetModel  # noqa: E402
+from tools.faithfulness import psnr  # noqa: E402
 
 # The digits-size model (16×16, 32 channels): small enough that even torch.compile finishes on a CPU.
 TINY_CONFIG = {
@@ -194,11 +195,6 @@ def time_job(path, base_unet, base_clf, batch, args, ac, flops, device) -> dict:
     if path == "fast" and args.probe_micro_batch:
         res["auto_micro_batch"] = pick_micro_batch(unet, clf, device)
     return res
-
-
-def psnr(a, b) -> float:
-    mse = (a.double() - b.double()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
 def add_comparisons(results: list) -> None:

@@ -47,12 +47,12 @@ _TYPES = {  # parameters whose default does not say their type
 }
 
 
-def _check_section(name: str, values, signature_of) -> dict:
+def _check_section(name: str, values, params: dict) -> dict:
+    """Validate one section against ``params``, its allowed keys and their defaults."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise UserError(f"config section '{name}' must be a mapping of keys to values, got {type(values).__name__}")
-    params = {k: p.default for k, p in signature_of.items()}
     unknown = [k for k in values if k not in params]
     if unknown:
         hints = []
@@ -78,12 +78,8 @@ def _check_section(name: str, values, signature_of) -> dict:
     return dict(values)
 
 
-def _diffusion_params():
-    return {k: inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in DIFFUSION_DEFAULTS.items()}
-
-
-def _constructor_params(cls):
-    return {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+def _constructor_params(cls) -> dict:
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
 
 
 def load_config(path) -> dict:
@@ -105,7 +101,7 @@ def load_config(path) -> dict:
         raise UserError(f"config {path} has no 'model' section")
     cfg = {
         "model": _check_section("model", raw["model"], _constructor_params(UNetModel)),
-        "diffusion": {**DIFFUSION_DEFAULTS, **_check_section("diffusion", raw.get("diffusion"), _diffusion_params())},
+        "diffusion": {**DIFFUSION_DEFAULTS, **_check_section("diffusion", raw.get("diffusion"), DIFFUSION_DEFAULTS)},
         "classifier": (_check_section("classifier", raw["classifier"], _constructor_params(EncoderUNetModel))
                        if raw.get("classifier") is not None else None),
     }

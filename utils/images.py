@@ -5,6 +5,7 @@ short side, centre crop) so inputs look like what the checkpoints were trained o
 a PNG appears under its final name only once it is complete.
 """
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -124,16 +125,21 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def save_png(array: np.ndarray, path) -> None:
-    """Write an HWC uint8 array as PNG atomically (a temporary file in the same folder, then rename)."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path in ``path``'s folder to write; on success it is synced and renamed to
+    ``path``, so a file appears under its final name only once complete. On failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; outputs get the usual mode
         os.replace(tmp, path)
     except BaseException:
@@ -142,6 +148,12 @@ def save_png(array: np.ndarray, path) -> None:
         except OSError:
             pass
         raise
+
+
+def save_png(array: np.ndarray, path) -> None:
+    """Write an HWC uint8 array as PNG atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def remove_temporaries(save_dir) -> int:

@@ -7,8 +7,6 @@ came out non-finite under mixed precision, and never write a non-finite image.
 
 import csv
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,8 @@ import torch
 
 from diffusions import generate, invert
 
-from .images import (ImageReadError, image_seed, load_image, save_png, side_by_side, to_tensor, to_uint8)
+from .images import (ImageReadError, atomic_path, image_seed, load_image, save_png, side_by_side, to_tensor,
+                     to_uint8)
 
 PAIRS_DIR = "_pairs"  # side-by-side previews live here, apart from the one-to-one outputs
 GRIDS_DIR = "_grids"
@@ -292,13 +291,10 @@ def _cycle(bridge, part, out, ok, result):
 
 def _save_latent(latent, job, bridge, path: Path):
     """Keep an image's latent with what it was made with, so a later run can generate from it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".ddib-tmp", dir=path.parent)
-    os.close(fd)
-    torch.save({"latent": latent.detach().float().cpu(), "class_A": job.class_A,
-                "timesteps": list(bridge.timesteps),
-                "alphas_cumprod_last": float(bridge.alphas_cumprod[bridge.timesteps[-1]])}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"latent": latent.detach().float().cpu(), "class_A": job.class_A,
+                    "timesteps": list(bridge.timesteps),
+                    "alphas_cumprod_last": float(bridge.alphas_cumprod[bridge.timesteps[-1]])}, tmp)
 
 
 def _load_latent(path: Path, bridge, shape):
@@ -322,11 +318,8 @@ def _load_latent(path: Path, bridge, shape):
 
 def write_csv(rows, header, path: Path) -> Path:
     """Write rows as CSV, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.ddib-tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(sorted(rows, key=lambda r: tuple(str(v) for v in r)))
-    os.replace(tmp, path)
     return path
