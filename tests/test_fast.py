@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from diffusions import alphas_cumprod, generate, invert
-from models.fast import (LowPrecisionGroupNorm, convert_like_guided_diffusion_fp16, pick_micro_batch,
-                         prepare_for_inference)
+from models.fast import (LowPrecisionGroupNorm, UpsampleConv2d, convert_like_guided_diffusion_fp16,
+                         fuse_upsampling, pick_micro_batch, prepare_for_inference)
 from tools.faithfulness import golden_models, load_golden, psnr
 
 
@@ -143,6 +143,8 @@ def test_micro_batch_on_cpu_and_argument_checks(golden):
         prepare_for_inference(unet, dtype=torch.float64)
     with pytest.raises(TypeError):
         prepare_for_inference(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="compile_preset"):
+        prepare_for_inference(unet, compile=True, compile_preset="fastest")
 
 
 def test_micro_batch_search_on_a_fake_gpu(golden, monkeypatch):
@@ -164,3 +166,39 @@ def test_micro_batch_search_on_a_fake_gpu(golden, monkeypatch):
         monkeypatch.setattr(torch.cuda, name, fn)
     unet, clf = golden_models(golden)
     assert pick_micro_batch(unet, clf, torch.device("cuda")) == 16  # 24 × 4 GB = 96 % > 85 %
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 5, 7), (1, 16, 1, 1), (1, 4, 6, 6)])
+def test_upsample_conv_is_nearest_upsample_then_conv(shape):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(shape[1], 12, 3, padding=1)
+    x = torch.randn(shape)
+    want = conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    got = UpsampleConv2d(conv)(x)
+    assert got.shape == want.shape
+    assert _rel(got, want) < 1e-6
+    with pytest.raises(ValueError, match="3×3"):
+        UpsampleConv2d(torch.nn.Conv2d(4, 4, 1))
+
+
+@pytest.mark.parametrize("resblock_updown", [True, False])
+def test_fuse_upsampling_keeps_the_unet(resblock_updown):
+    """Up ResBlocks (the public configs) and Upsample convs: same outputs and state_dict, fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.unet import UNetModel
+    from tests.conftest import TINY_CONFIG, randomize
+
+    unet = randomize(UNetModel(**{**TINY_CONFIG["model"], "resblock_updown": resblock_updown}), seed=3).eval()
+    x, t, y = torch.randn(2, 3, 32, 32), torch.tensor([10, 900]), torch.tensor([1, 7])
+    state = {k: v.clone() for k, v in unet.state_dict().items()}
+    with torch.no_grad(), FlopCounterMode(display=False) as before:
+        want = unet(x, t, y)
+    fuse_upsampling(fuse_upsampling(unet))  # idempotent
+    assert sum(isinstance(m, UpsampleConv2d) for m in unet.modules()) == 1
+    with torch.no_grad(), FlopCounterMode(display=False) as after:
+        got = unet(x, t, y)
+    assert _rel(got, want) < 1e-5
+    assert after.get_total_flops() < before.get_total_flops()
+    assert list(unet.state_dict()) == list(state)
+    assert all(torch.equal(v, state[k]) for k, v in unet.state_dict().items())

@@ -1,0 +1,43 @@
+"""tools/benchmark.py end to end on the CPU (digits-size model, eager paths, 2 steps), and its verdicts."""
+
+import json
+
+import pytest
+
+from tools import benchmark
+
+
+def test_cpu_benchmark_end_to_end(tmp_path):
+    benchmark.main(["--config", "tiny", "--device", "cpu", "--paths", "eager_fp32,eager_bf16_autocast,bf16_eager",
+                    "--batch_sizes", "2", "--steps", "2", "--repeats", "1", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    rows = {r["path"]: r for r in report["results"]}
+    assert set(rows) == {"eager_fp32", "eager_bf16_autocast", "bf16_eager"}
+    for r in rows.values():
+        assert r["translations_per_s"] > 0 and r["guided_translations_per_s"] > 0 and r["finite"]
+        # 99 + 100 forwards per translation: the extrapolation is consistent with the forward rate
+        assert r["translations_per_s"] == pytest.approx(r["forwards_per_s"] / 199)
+    assert rows["eager_fp32"]["x_eager_fp32"] == pytest.approx(1.0)
+    assert 0 < rows["bf16_eager"]["eps_rel_err"] < 0.1  # bf16 rounding, not garbage
+    assert report["meta"]["flops"]["unet_forward"] > 0 and report["meta"]["flops"]["classifier_grad"] > 0
+    assert "not judged on the CPU" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_unknown_path_is_refused():
+    with pytest.raises(ValueError, match="fast_tuned"):
+        benchmark.prepare_path("fast_fastest", None, None, None)
+
+
+def test_targets_pick_the_best_fast_variant():
+    meta = {"device": "cuda"}
+    results = [
+        dict(path="fast", batch=32, forward_s=1, translations_per_s=0.84, x_eager_fp16_gd=1.97,
+             x_eager_fp16_gd_guided=1.98),
+        dict(path="fast_tuned", batch=64, forward_s=1, translations_per_s=1.12, x_eager_fp16_gd=2.6,
+             x_eager_fp16_gd_guided=1.9),
+        dict(path="eager_fp16_gd", batch=32, forward_s=2, translations_per_s=0.42),
+    ]
+    lines = benchmark.targets(results, meta).splitlines()
+    assert lines[1] == "- fast ≥ 2.5× eager fp16: 2.60 (fast_tuned, batch 64) → PASS"
+    assert lines[2] == "- ≥ 1.1 translations/s (100+100): 1.12 (fast_tuned, batch 64) → PASS"
+    assert lines[3] == "- guided fast ≥ 2× eager fp16 guided: 1.98 (fast, batch 32) → FAIL"
