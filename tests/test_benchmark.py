@@ -9,7 +9,8 @@ from tools import benchmark
 
 def test_cpu_benchmark_end_to_end(tmp_path):
     benchmark.main(["--config", "tiny", "--device", "cpu", "--paths", "eager_fp32,eager_bf16_autocast,bf16_eager",
-                    "--batch_sizes", "2", "--steps", "2", "--repeats", "1", "--out", str(tmp_path)])
+                    "--batch_sizes", "2", "--steps", "2", "--repeats", "1", "--profile", "bf16_eager",
+                    "--out", str(tmp_path)])
     report = json.loads((tmp_path / "benchmark.json").read_text())
     rows = {r["path"]: r for r in report["results"]}
     assert set(rows) == {"eager_fp32", "eager_bf16_autocast", "bf16_eager"}
@@ -20,7 +21,22 @@ def test_cpu_benchmark_end_to_end(tmp_path):
     assert rows["eager_fp32"]["x_eager_fp32"] == pytest.approx(1.0)
     assert 0 < rows["bf16_eager"]["eps_rel_err"] < 0.1  # bf16 rounding, not garbage
     assert report["meta"]["flops"]["unet_forward"] > 0 and report["meta"]["flops"]["classifier_grad"] > 0
-    assert "not judged on the CPU" in (tmp_path / "benchmark.md").read_text()
+    text = (tmp_path / "benchmark.md").read_text()
+    assert "not judged on the CPU" in text
+    prof = rows["bf16_eager"]["profile"]
+    assert sum(prof["families"].values()) == pytest.approx(1.0)
+    assert prof["families"]["convolution / matmul"] > 0.2  # a conv net on the CPU: convolutions lead
+    assert "profile" not in rows["eager_fp32"] and "Profile of one UNet forward, bf16_eager" in text
+
+
+@pytest.mark.parametrize("name, family", [
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "convolution / matmul"),
+    ("triton_red_fused_native_group_norm_silu_12", "generated (fused norm, SiLU, adds)"),
+    ("pytorch_flash::flash_fwd_kernel", "attention"),
+    ("void at::native::elementwise_kernel<128, 2>", "other"),
+])
+def test_kernel_families(name, family):
+    assert benchmark.kernel_family(name) == family
 
 
 def test_unknown_path_is_refused():

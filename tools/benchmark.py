@@ -164,6 +164,47 @@ def eps_once(unet, x, labels, autocast, device) -> torch.Tensor:
         return eps_from_model(unet, labels[1])(x, 500).float().cpu()
 
 
+# Kernel (GPU) or operator (CPU) names → the families of the notes' breakdown; first match wins.
+KERNEL_FAMILIES = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "efficient_attention")),
+    ("convolution / matmul", ("conv", "gemm", "cutlass", "xmma", "sm90", "sm80", "implicit", "mm", "dgrad",
+                              "wgrad", "linear", "mkldnn", "cudnn")),
+    ("generated (fused norm, SiLU, adds)", ("triton", "cpp_fused", "compiled")),
+    ("norm", ("norm",)),
+    ("copies / casts", ("copy", "cast", "to_copy", "contiguous", "transpose", "nchw", "nhwc")),
+)
+
+
+def kernel_family(name: str) -> str:
+    low = name.lower()
+    return next((family for family, keys in KERNEL_FAMILIES if any(k in low for k in keys)), "other")
+
+
+def profile_forward(unet, x, labels, autocast, device, top: int = 12) -> dict:
+    """Where one UNet forward spends its time: self time by kernel family (GPU kernels on CUDA,
+    operators on the CPU) and the ``top`` most expensive names. Run after warm-up (compiled)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t = torch.full((x.shape[0],), 500, device=x.device, dtype=torch.long)
+    with torch.no_grad(), autocast_context(device, autocast), profile(activities=activities) as prof:
+        unet(x, t, labels[1])
+        sync(device)
+    times = {}
+    for e in prof.key_averages():
+        us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if us > 0 and (not cuda or e.device_type == torch.autograd.DeviceType.CUDA):
+            times[e.key] = times.get(e.key, 0.0) + us / 1e3
+    total = sum(times.values()) or 1.0
+    families = {}
+    for name, ms in times.items():
+        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
+    ranked = sorted(times.items(), key=lambda kv: -kv[1])[:top]
+    return dict(total_ms=total, families={k: v / total for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+                top=[(name[:90], ms / total) for name, ms in ranked])
+
+
 def time_job(path, base_unet, base_clf, batch, args, ac, flops, device) -> dict:
     """One (path, batch) measurement: warm-up (compiles), timed run, throughput, memory."""
     unet, clf, autocast = prepare_path(path, base_unet, base_clf, DTYPES[args.fast_dtype])
@@ -200,6 +241,8 @@ def time_job(path, base_unet, base_clf, batch, args, ac, flops, device) -> dict:
     res["finite"] = bool(torch.isfinite(r["plain"]).all())
     res["_outputs"] = dict(plain=r["plain"].cpu(), guided=None if r["guided"] is None else r["guided"].cpu(),
                            eps=eps_once(unet, x0, labels, autocast, device))
+    if args.profile and path in args.profile.split(","):
+        res["profile"] = profile_forward(unet, x0, labels, autocast, device)
     if path == "fast" and args.probe_micro_batch:
         res["auto_micro_batch"] = pick_micro_batch(unet, clf, device)
     return res
@@ -272,6 +315,14 @@ def markdown(meta: dict, results: list) -> str:
             lines.append(f"| {r['batch']} | {r['path']} | {_f(r.get('eps_rel_err'), 4)} | "
                          f"{_f(r.get('psnr_plain_db'), 1)} | {_f(r.get('psnr_guided_db'), 1)} | {r['finite']} | "
                          f"{r['recompiled_while_timing']} |")
+    for r in results:
+        if "profile" in r:
+            prof = r["profile"]
+            lines += ["", f"Profile of one UNet forward, {r['path']}, batch {r['batch']} "
+                          f"({prof['total_ms']:.1f} ms of self time): "
+                      + ", ".join(f"{k} {100 * v:.0f} %" for k, v in prof["families"].items()), "",
+                      "| kernel / operator | share |", "|---|---:|"]
+            lines += [f"| `{name}` | {100 * share:.1f} % |" for name, share in prof["top"]]
     auto = [r["auto_micro_batch"] for r in results if "auto_micro_batch" in r]
     if auto:
         lines += ["", f"`pick_micro_batch` (fast path, with guidance) chose: {auto[0]}"]
@@ -328,6 +379,8 @@ def parse_args(argv=None):
                         "it is skipped if less budget is left")
     p.add_argument("--no_cudnn_benchmark", action="store_true")
     p.add_argument("--probe_micro_batch", action="store_true", help="also run pick_micro_batch")
+    p.add_argument("--profile", default="",
+                   help="comma list of paths whose UNet forward is also profiled (time by kernel family)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="directory for benchmark.json and benchmark.md")
     args = p.parse_args(argv)
