@@ -45,8 +45,8 @@ class UpsampleConv2d(nn.Conv2d):
     2×2 block of distinct input pixels: summing the taps that land on the same input pixel gives 4
     multiply-adds per output and input channel instead of 9, and the 4×-sized upsampled tensor is
     never written. Keeps the original ``weight``/``bias`` parameters (state_dict unchanged); the
-    fused kernel is derived once, in float32, into a non-persistent buffer, so call this after
-    ``load_state_dict``. Same result up to float rounding (summation order).
+    fused kernel is derived in float32 into a non-persistent buffer, and derived again whenever a
+    state_dict is loaded. Same result up to float rounding (summation order).
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -55,11 +55,18 @@ class UpsampleConv2d(nn.Conv2d):
         super().__init__(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None,
                          device="meta")
         self.weight, self.bias = conv.weight, conv.bias
-        taps = torch.tensor(_UPSAMPLE_TAPS, device=conv.weight.device)
-        with torch.no_grad():
-            w = torch.einsum("ka,oiab->oikb", taps, conv.weight.float())
-            fused = torch.einsum("oikb,lb->iokl", w, taps).to(conv.weight.dtype)
-        self.register_buffer("fused_weight", fused.contiguous(), persistent=False)
+        self.register_buffer("fused_weight", self._derive(), persistent=False)
+        self.register_load_state_dict_post_hook(UpsampleConv2d._rederive)
+
+    @staticmethod
+    def _rederive(module: "UpsampleConv2d", incompatible_keys) -> None:
+        module.fused_weight.copy_(module._derive())
+
+    @torch.no_grad()
+    def _derive(self) -> torch.Tensor:
+        taps = torch.tensor(_UPSAMPLE_TAPS, device=self.weight.device)
+        w = torch.einsum("ka,oiab->oikb", taps, self.weight.float())
+        return torch.einsum("oikb,lb->iokl", w, taps).to(self.weight.dtype).contiguous()
 
     def forward(self, x):
         return F.conv_transpose2d(x, self.fused_weight, self.bias, stride=2, padding=1)
