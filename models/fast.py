@@ -148,7 +148,7 @@ COMPILE_PRESETS = {
 }
 
 
-def _raise_compile_limits() -> None:
+def raise_compile_limits() -> None:
     """Several prepared models and batch sizes share UNetModel.forward's code object; the default
     recompile limit (8) would silently fall back to eager."""
     for name in ("recompile_limit", "cache_size_limit"):
@@ -181,7 +181,7 @@ def prepare_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None,
     if channels_last if channels_last is not None else compile:
         model.to(memory_format=torch.channels_last)
     if compile:
-        _raise_compile_limits()
+        raise_compile_limits()
         model.compile(options=COMPILE_PRESETS[compile_preset], dynamic=False)
     return model
 

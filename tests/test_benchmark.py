@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from tools import benchmark
 
@@ -57,3 +59,26 @@ def test_targets_pick_the_best_fast_variant():
     assert lines[1] == "- fast ≥ 2.5× eager fp16: 2.60 (fast_tuned, batch 64) → PASS"
     assert lines[2] == "- ≥ 1.1 translations/s (100+100): 1.12 (fast_tuned, batch 64) → PASS"
     assert lines[3] == "- guided fast ≥ 2× eager fp16 guided: 1.98 (fast, batch 32) → FAIL"
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 5, 7), (3, 32, 9)])
+def test_channel_stats_group_norm_is_group_norm(shape):
+    from tools.norm_bench import group_norm_channel_stats
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen) * 3 + 1.5  # a mean offset: the variance combination matters
+    weight, bias = torch.randn(shape[1], generator=gen), torch.randn(shape[1], generator=gen)
+    want = F.group_norm(x, 32, weight, bias, 1e-5)
+    got = group_norm_channel_stats(x, 32, weight, bias, 1e-5)
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+
+
+def test_norm_shapes_cover_every_group_norm():
+    from models.unet import UNetModel
+    from tests.conftest import TINY_CONFIG
+    from tools.norm_bench import norm_shapes
+
+    shapes = norm_shapes(TINY_CONFIG["model"])
+    unet = UNetModel(**TINY_CONFIG["model"])
+    assert sum(shapes.values()) == sum(isinstance(m, torch.nn.GroupNorm) for m in unet.modules())
+    assert (32, 32, 32) in shapes and all(s[0] % 32 == 0 for s in shapes)

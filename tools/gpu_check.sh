@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# GPU check for issue 4: golden-fixture faithfulness of the fast path on CUDA, then the DDIB speed
-# benchmark of the 256x256 model. Run from the repo root with OUT set to an output folder:
-#     OUT=/path/to/out bash tools/gpu_check.sh          # ~8 min on one H100/H200 (hard cap 9.5 min)
+# GPU check for issue 4: golden-fixture faithfulness of the fast path on CUDA, the compiled GroupNorm
+# against its memory floor (tools/norm_bench.py), then the DDIB speed benchmark of the 256x256 model. Run from the repo root with OUT set to an output folder:
+#     OUT=/path/to/out bash tools/gpu_check.sh          # ~8 min on one H100/H200 (hard cap 9m40s)
 #     GPU_CHECK_TINY=1 OUT=/tmp/gc bash tools/gpu_check.sh   # seconds-to-minutes smoke test, CPU or GPU
-# Knobs: PYTHON (default python3), BENCH_BUDGET (s, default 400), BATCH_SIZES (default 32,64),
+# Knobs: PYTHON (default python3), BENCH_BUDGET (s, default 360), BATCH_SIZES (default 32,64),
 # PATHS (default eager_fp16_gd,fast,fast_tuned,eager_fp32: the baseline, the fast path, the fast path
 # with inductor's tuned preset, float32), FAITH_COMPILE=1 (also compile the golden model in the
 # faithfulness check). Jobs run batch by batch in PATHS order until the budget is spent.
@@ -22,27 +22,33 @@ log "environment: $(grep -m1 '^torch' "$OUT/env.txt")"
 if [ -n "${GPU_CHECK_TINY:-}" ]; then
     DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
     FAITH_ARGS=(--device "$DEVICE" --dtypes bf16)
+    NORM_ARGS=(--config configs/digits.yaml --device "$DEVICE" --batch 4 --time_budget 30)
     BENCH_ARGS=(--config tiny --device "$DEVICE" --batch_sizes 2 --steps 2 --repeats 1
                 --paths eager_fp32,eager_fp16_gd,fast,eager_bf16_autocast,bf16_eager
                 --time_budget 900 --compile_reserve 0 --probe_micro_batch --profile fast)
 else
     DEVICE=cuda
     FAITH_ARGS=(--device cuda --dtypes bf16,fp16)
+    NORM_ARGS=(--config configs/256x256_diffusion.yaml --device cuda --batch 32 --time_budget 45)
     BENCH_ARGS=(--config configs/256x256_diffusion.yaml --device cuda --batch_sizes "${BATCH_SIZES:-32,64}"
                 --steps 10 --paths "${PATHS:-eager_fp16_gd,fast,fast_tuned,eager_fp32}"
-                --time_budget "${BENCH_BUDGET:-400}" --compile_reserve 150 --probe_micro_batch
+                --time_budget "${BENCH_BUDGET:-360}" --compile_reserve 150 --probe_micro_batch
                 --profile fast,fast_tuned,eager_fp16_gd)
 fi
 [ -n "${FAITH_COMPILE:-}" ] && FAITH_ARGS+=(--compile)
 
 log "faithfulness on $DEVICE: golden fixture, fast path vs float32 (PSNR)"
-timeout 90 "$PY" tools/faithfulness.py "${FAITH_ARGS[@]}" --out "$OUT/faithfulness.json" \
+timeout 60 "$PY" tools/faithfulness.py "${FAITH_ARGS[@]}" --out "$OUT/faithfulness.json" \
     2>&1 | tee "$OUT/faithfulness.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "faithfulness FAILED (see faithfulness.log)"; }
 
+log "GroupNorm + SiLU, compiled, native vs per-channel statistics, on $DEVICE"
+timeout 80 "$PY" tools/norm_bench.py "${NORM_ARGS[@]}" --out "$OUT/norm_bench.json" 2>&1 | tee "$OUT/norm_bench.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "norm_bench FAILED (see norm_bench.log)"; }
+
 log "benchmark on $DEVICE"
-timeout 470 "$PY" tools/benchmark.py "${BENCH_ARGS[@]}" --out "$OUT" 2>&1 | tee "$OUT/benchmark.log"
+timeout 440 "$PY" tools/benchmark.py "${BENCH_ARGS[@]}" --out "$OUT" 2>&1 | tee "$OUT/benchmark.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "benchmark FAILED or timed out (see benchmark.log)"; }
 
-log "done, status $status; results in $OUT: benchmark.md benchmark.json faithfulness.json env.txt"
+log "done, status $status; results in $OUT: benchmark.md benchmark.json faithfulness.json norm_bench.json env.txt"
 exit $status
