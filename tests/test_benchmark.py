@@ -63,7 +63,7 @@ def test_targets_pick_the_best_fast_variant():
 
 @pytest.mark.parametrize("shape", [(2, 64, 5, 7), (3, 32, 9)])
 def test_channel_stats_group_norm_is_group_norm(shape):
-    from tools.norm_bench import group_norm_channel_stats
+    from tools.layer_bench import group_norm_channel_stats
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen) * 3 + 1.5  # a mean offset: the variance combination matters
@@ -73,12 +73,24 @@ def test_channel_stats_group_norm_is_group_norm(shape):
     assert ((got - want).norm() / want.norm()).item() < 1e-5
 
 
-def test_norm_shapes_cover_every_group_norm():
+def test_layer_shapes_cover_every_group_norm_and_upsampling():
     from models.unet import UNetModel
     from tests.conftest import TINY_CONFIG
-    from tools.norm_bench import norm_shapes
+    from tools.layer_bench import layer_shapes
 
-    shapes = norm_shapes(TINY_CONFIG["model"])
+    shapes = layer_shapes(TINY_CONFIG["model"])
     unet = UNetModel(**TINY_CONFIG["model"])
-    assert sum(shapes.values()) == sum(isinstance(m, torch.nn.GroupNorm) for m in unet.modules())
-    assert (32, 32, 32) in shapes and all(s[0] % 32 == 0 for s in shapes)
+    assert sum(shapes["groupnorm"].values()) == sum(isinstance(m, torch.nn.GroupNorm) for m in unet.modules())
+    assert (32, 32, 32) in shapes["groupnorm"] and all(s[0] % 32 == 0 for s in shapes["groupnorm"])
+    assert shapes["upsample"] == {(64, 16, 16, 64): 1}  # the one up ResBlock: 64 channels, 16² → 32²
+
+
+def test_layer_bench_upsampling_runs_and_agrees(tmp_path):
+    from tools import layer_bench
+
+    result = layer_bench.main(["--config", "configs/digits.yaml", "--device", "cpu", "--dtype", "fp32",
+                               "--parts", "upsample", "--repeats", "1", "--out", str(tmp_path / "l.json")])
+    rows = result["upsample"]["rows"]
+    assert rows and result["upsample"]["share_timed"] == 1.0
+    assert all(r["fused"]["rel_err"] < 1e-5 and r["unfused"]["ms"] > 0 for r in rows)
+    assert json.loads((tmp_path / "l.json").read_text())["upsample"]["rows"] == rows

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check for issue 4: golden-fixture faithfulness of the fast path on CUDA, the compiled GroupNorm
-# against its memory floor (tools/norm_bench.py), then the DDIB speed benchmark of the 256x256 model. Run from the repo root with OUT set to an output folder:
+# GPU check for issue 4: golden-fixture faithfulness of the fast path on CUDA, layer micro-benchmarks
+# of the fused upsampling and GroupNorm variants at the 256x256 UNet's shapes (tools/layer_bench.py),
+# then the DDIB speed benchmark of the 256x256 model. Run from the repo root with OUT set to a folder:
 #     OUT=/path/to/out bash tools/gpu_check.sh          # ~8 min on one H100/H200 (hard cap 9m40s)
 #     GPU_CHECK_TINY=1 OUT=/tmp/gc bash tools/gpu_check.sh   # seconds-to-minutes smoke test, CPU or GPU
 # Knobs: PYTHON (default python3), BENCH_BUDGET (s, default 360), BATCH_SIZES (default 32,64),
@@ -22,14 +23,14 @@ log "environment: $(grep -m1 '^torch' "$OUT/env.txt")"
 if [ -n "${GPU_CHECK_TINY:-}" ]; then
     DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
     FAITH_ARGS=(--device "$DEVICE" --dtypes bf16)
-    NORM_ARGS=(--config configs/digits.yaml --device "$DEVICE" --batch 4 --time_budget 30)
+    LAYER_ARGS=(--config configs/digits.yaml --device "$DEVICE" --batch 4 --time_budget 30)
     BENCH_ARGS=(--config tiny --device "$DEVICE" --batch_sizes 2 --steps 2 --repeats 1
                 --paths eager_fp32,eager_fp16_gd,fast,eager_bf16_autocast,bf16_eager
                 --time_budget 900 --compile_reserve 0 --probe_micro_batch --profile fast)
 else
     DEVICE=cuda
     FAITH_ARGS=(--device cuda --dtypes bf16,fp16)
-    NORM_ARGS=(--config configs/256x256_diffusion.yaml --device cuda --batch 32 --time_budget 45)
+    LAYER_ARGS=(--config configs/256x256_diffusion.yaml --device cuda --batch 32 --time_budget 45)
     BENCH_ARGS=(--config configs/256x256_diffusion.yaml --device cuda --batch_sizes "${BATCH_SIZES:-32,64}"
                 --steps 10 --paths "${PATHS:-eager_fp16_gd,fast,fast_tuned,eager_fp32}"
                 --time_budget "${BENCH_BUDGET:-360}" --compile_reserve 150 --probe_micro_batch
@@ -42,13 +43,13 @@ timeout 60 "$PY" tools/faithfulness.py "${FAITH_ARGS[@]}" --out "$OUT/faithfulne
     2>&1 | tee "$OUT/faithfulness.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "faithfulness FAILED (see faithfulness.log)"; }
 
-log "GroupNorm + SiLU, compiled, native vs per-channel statistics, on $DEVICE"
-timeout 80 "$PY" tools/norm_bench.py "${NORM_ARGS[@]}" --out "$OUT/norm_bench.json" 2>&1 | tee "$OUT/norm_bench.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "norm_bench FAILED (see norm_bench.log)"; }
+log "layer micro-benchmarks (fused upsampling, GroupNorm variants) on $DEVICE"
+timeout 80 "$PY" tools/layer_bench.py "${LAYER_ARGS[@]}" --out "$OUT/layer_bench.json" 2>&1 | tee "$OUT/layer_bench.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "layer_bench FAILED (see layer_bench.log)"; }
 
 log "benchmark on $DEVICE"
 timeout 440 "$PY" tools/benchmark.py "${BENCH_ARGS[@]}" --out "$OUT" 2>&1 | tee "$OUT/benchmark.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "benchmark FAILED or timed out (see benchmark.log)"; }
 
-log "done, status $status; results in $OUT: benchmark.md benchmark.json faithfulness.json norm_bench.json env.txt"
+log "done, status $status; results in $OUT: benchmark.md benchmark.json faithfulness.json layer_bench.json env.txt"
 exit $status
