@@ -68,6 +68,21 @@ def choose_compile(args, device, images: int) -> bool:
     return args.compile == "on"
 
 
+def network_dtype(requested: str, launched: str, device):
+    """The networks' precision. ``auto`` takes a 16-bit setting given to ``accelerate launch``, else
+    16 bits on a GPU (bf16 where supported: the fast path, faithful within the bounds tests/test_fast.py
+    states) and float32 on the CPU (where bf16 one image at a time is slower and less exact)."""
+    import torch
+
+    from models.fast import default_dtype
+
+    if requested == "auto":
+        if launched not in ("fp16", "bf16"):
+            return default_dtype(device)
+        requested = launched
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(requested)
+
+
 def build_bridge(args, cfg_A, cfg_B, accelerator, warn, images: int):
     """Networks on the device with their weights, the schedule and the sampler settings."""
     import torch
@@ -82,19 +97,19 @@ def build_bridge(args, cfg_A, cfg_B, accelerator, warn, images: int):
     except ValueError as e:
         raise UserError(str(e)) from None
     device = accelerator.device
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    dtype = network_dtype(args.mixed_precision, accelerator.mixed_precision, device)
     if dtype == torch.float16 and device.type == "cpu":
         raise UserError("--mixed_precision fp16 needs a GPU; use bf16 on the CPU")
     compile = choose_compile(args, device, images)
     nets = _load_networks(args, cfg_A, cfg_B, device)
-    micro_batch = args.micro_batch
-    if micro_batch == "auto":
-        micro_batch = pick_micro_batch(nets[0], nets[2], device, cpu_batch=8) if device.type == "cuda" else 8
     workers = 0
     if device.type == "cpu":  # bit-identical outputs for any --micro_batch and process count
         workers = torch.get_num_threads()
         torch.set_num_threads(1)
     model_A, model_B, classifier = _prepare(nets, dtype, compile, workers)
+    micro_batch = args.micro_batch
+    if micro_batch == "auto":  # probed on the prepared networks: their dtype decides the memory
+        micro_batch = pick_micro_batch(model_A, classifier, device, cpu_batch=8) if device.type == "cuda" else 8
 
     def float32_networks():
         return _prepare(_load_networks(args, cfg_A, cfg_B, device), None, False, workers)
@@ -105,7 +120,7 @@ def build_bridge(args, cfg_A, cfg_B, accelerator, warn, images: int):
                     timesteps=timesteps, device=device, classifier=classifier, classifier_scale=scale,
                     eta=args.eta, clip_x0=args.clip_x0, seed=args.seed, low_precision=dtype is not None,
                     fallback=float32_networks, pad_to=micro_batch if compile and not workers else None, warn=warn)
-    return bridge, micro_batch, compile
+    return bridge, micro_batch, compile, dtype
 
 
 def list_classes(query: str) -> int:
@@ -150,7 +165,7 @@ def run(args) -> int:
 
     from utils.runner import translate_folder
 
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    accelerator = Accelerator(mixed_precision=None if args.mixed_precision == "auto" else args.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     prefix = f"[process {rank}] " if world > 1 else ""
 
@@ -167,10 +182,13 @@ def run(args) -> int:
                   "(--overwrite redoes them)", flush=True)
     accelerator.wait_for_everyone()  # the start barrier: no process writes before the clean-up
     mine = todo[rank::world]
-    bridge, micro_batch, compiled = build_bridge(args, cfg_A, cfg_B, accelerator, warn, len(mine))
-    if accelerator.is_main_process and (compiled or args.micro_batch == "auto"):
-        print(f"micro-batch {micro_batch}" + (", torch.compile on: the first batch includes compiling "
-                                                "(minutes; --compile off skips it)" if compiled else ""), flush=True)
+    bridge, micro_batch, compiled, dtype = build_bridge(args, cfg_A, cfg_B, accelerator, warn, len(mine))
+    if accelerator.is_main_process and (compiled or args.micro_batch == "auto" or dtype is not None):
+        precision = {None: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        print(f"networks in {precision}" + (" (--mixed_precision no for float32)" if dtype is not None else "")
+              + f", micro-batch {micro_batch}" + (", torch.compile on: the first batch includes compiling "
+                                                  "(minutes; --compile off skips it)" if compiled else ""),
+              flush=True)
     opts = Options(micro_batch=micro_batch,
                    image_size=cfg_A["model"]["image_size"], save_pairs=args.save_pairs, save_grid=args.save_grid,
                    save_latents=args.save_latents, cycle=args.cycle,

@@ -73,3 +73,26 @@ def test_user_errors_are_one_line(tiny_files, input_dir, tmp_path, extra, match)
     assert r.returncode == 2
     assert match in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_mixed_precision_auto_and_explicit(tiny_files, input_dir, tmp_path, monkeypatch):
+    """auto: float32 on the CPU, 16 bits on a GPU or as accelerate launch says; an explicit value wins."""
+    import torch
+
+    import sample_ddib
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert sample_ddib.network_dtype("auto", "no", cpu) is None
+    assert sample_ddib.network_dtype("auto", "bf16", cpu) == torch.bfloat16
+    assert sample_ddib.network_dtype("no", "bf16", cuda) is None
+    assert sample_ddib.network_dtype("fp16", "no", cuda) == torch.float16
+    for supported, want in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)
+        assert sample_ddib.network_dtype("auto", "no", cuda) == want
+
+    quiet = run_script(*_common(tiny_files, input_dir, tmp_path / "fp32"))
+    assert quiet.returncode == 0 and "networks in" not in quiet.stdout  # CPU default: float32, as before
+    r = run_script(*_common(tiny_files, input_dir, tmp_path / "bf16"), "--mixed_precision", "bf16")
+    assert r.returncode == 0, r.stderr
+    assert "networks in bf16 (--mixed_precision no for float32), micro-batch" in r.stdout
+    assert "translated 3, skipped 1, failed 0" in r.stdout

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# GPU check for issue 4: golden-fixture faithfulness of the fast path on CUDA, layer micro-benchmarks
-# of the fused upsampling and GroupNorm variants at the 256x256 UNet's shapes (tools/layer_bench.py),
-# then the DDIB speed benchmark of the 256x256 model. Run from the repo root with OUT set to a folder:
+# GPU check for issue 4: the README's digits demo through sample_ddib.py (default precision against
+# float32), golden-fixture faithfulness of the fast path on CUDA, layer micro-benchmarks of the fused
+# upsampling and GroupNorm variants at the 256x256 UNet's shapes (tools/layer_bench.py), then the DDIB
+# speed benchmark of the 256x256 model. Run from the repo root with OUT set to a folder:
 #     OUT=/path/to/out bash tools/gpu_check.sh          # ~8 min on one H100/H200 (hard cap 9m40s)
 #     GPU_CHECK_TINY=1 OUT=/tmp/gc bash tools/gpu_check.sh   # seconds-to-minutes smoke test, CPU or GPU
-# Knobs: PYTHON (default python3), BENCH_BUDGET (s, default 360), BATCH_SIZES (default 32,64),
+# Knobs: PYTHON (default python3), BENCH_BUDGET (s, default 300), BATCH_SIZES (default 32,64),
 # PATHS (default eager_fp16_gd,fast,fast_tuned,eager_fp32: the baseline, the fast path, the fast path
 # with inductor's tuned preset, float32), FAITH_COMPILE=1 (also compile the golden model in the
 # faithfulness check). Jobs run batch by batch in PATHS order until the budget is spent.
@@ -22,6 +23,7 @@ log "environment: $(grep -m1 '^torch' "$OUT/env.txt")"
 
 if [ -n "${GPU_CHECK_TINY:-}" ]; then
     DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+    SCRIPT_TIMEOUT=180
     FAITH_ARGS=(--device "$DEVICE" --dtypes bf16)
     LAYER_ARGS=(--config configs/digits.yaml --device "$DEVICE" --batch 4 --time_budget 30)
     BENCH_ARGS=(--config tiny --device "$DEVICE" --batch_sizes 2 --steps 2 --repeats 1
@@ -29,27 +31,53 @@ if [ -n "${GPU_CHECK_TINY:-}" ]; then
                 --time_budget 900 --compile_reserve 0 --probe_micro_batch --profile fast)
 else
     DEVICE=cuda
+    SCRIPT_TIMEOUT=40
     FAITH_ARGS=(--device cuda --dtypes bf16,fp16)
     LAYER_ARGS=(--config configs/256x256_diffusion.yaml --device cuda --batch 32 --time_budget 45)
     BENCH_ARGS=(--config configs/256x256_diffusion.yaml --device cuda --batch_sizes "${BATCH_SIZES:-32,64}"
                 --steps 10 --paths "${PATHS:-eager_fp16_gd,fast,fast_tuned,eager_fp32}"
-                --time_budget "${BENCH_BUDGET:-360}" --compile_reserve 150 --probe_micro_batch
+                --time_budget "${BENCH_BUDGET:-300}" --compile_reserve 150 --probe_micro_batch
                 --profile fast,fast_tuned,eager_fp16_gd)
 fi
 [ -n "${FAITH_COMPILE:-}" ] && FAITH_ARGS+=(--compile)
 
+log "the README's digits demo through sample_ddib.py on $DEVICE: default precision, then float32"
+if "$PY" -c "import accelerate, PIL, tqdm" 2>/dev/null; then
+    for prec in auto no; do
+        timeout "$SCRIPT_TIMEOUT" "$PY" sample_ddib.py -c configs/digits.yaml --weights assets/digits_unet.pt \
+            --input_dir assets/digits --save_dir "$OUT/digits_$prec" --class_A folder --class_B 8 \
+            --respace_steps 50 --no-clip_x0 --mixed_precision "$prec" 2>&1 | tail -3 | tee -a "$OUT/script.log"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "sample_ddib.py --mixed_precision $prec FAILED"; }
+    done
+    "$PY" - "$OUT" <<'PY' 2>&1 | tee -a "$OUT/script.log"
+import sys, math, pathlib
+import numpy as np
+from PIL import Image
+out = pathlib.Path(sys.argv[1])
+db = []
+for f in sorted((out / "digits_no").rglob("*.png")):
+    a = np.asarray(Image.open(f), dtype=float)
+    b = np.asarray(Image.open(out / "digits_auto" / f.relative_to(out / "digits_no")), dtype=float)
+    mse = ((a - b) ** 2).mean()
+    db.append(100.0 if mse == 0 else 10 * math.log10(255 ** 2 / mse))
+print(f"default precision vs float32, {len(db)} PNGs: mean PSNR {np.mean(db):.1f} dB, worst {min(db):.1f} dB")
+PY
+else
+    log "skipped: accelerate, pillow or tqdm is not installed here"
+fi
+
 log "faithfulness on $DEVICE: golden fixture, fast path vs float32 (PSNR)"
-timeout 60 "$PY" tools/faithfulness.py "${FAITH_ARGS[@]}" --out "$OUT/faithfulness.json" \
+timeout 45 "$PY" tools/faithfulness.py "${FAITH_ARGS[@]}" --out "$OUT/faithfulness.json" \
     2>&1 | tee "$OUT/faithfulness.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "faithfulness FAILED (see faithfulness.log)"; }
 
 log "layer micro-benchmarks (fused upsampling, GroupNorm variants) on $DEVICE"
-timeout 80 "$PY" tools/layer_bench.py "${LAYER_ARGS[@]}" --out "$OUT/layer_bench.json" 2>&1 | tee "$OUT/layer_bench.log"
+timeout 70 "$PY" tools/layer_bench.py "${LAYER_ARGS[@]}" --out "$OUT/layer_bench.json" 2>&1 | tee "$OUT/layer_bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "layer_bench FAILED (see layer_bench.log)"; }
 
 log "benchmark on $DEVICE"
-timeout 440 "$PY" tools/benchmark.py "${BENCH_ARGS[@]}" --out "$OUT" 2>&1 | tee "$OUT/benchmark.log"
+timeout 380 "$PY" tools/benchmark.py "${BENCH_ARGS[@]}" --out "$OUT" 2>&1 | tee "$OUT/benchmark.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "benchmark FAILED or timed out (see benchmark.log)"; }
 
-log "done, status $status; results in $OUT: benchmark.md benchmark.json faithfulness.json layer_bench.json env.txt"
+log "done, status $status; results in $OUT: benchmark.md benchmark.json faithfulness.json layer_bench.json script.log env.txt"
 exit $status

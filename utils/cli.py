@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from_latents", metavar="DIR",
                    help="generate from the latents a --save_latents run left in DIR instead of inverting again")
     p.add_argument("--list_classes", metavar="QUERY", help="print the ImageNet classes matching QUERY and exit")
-    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"),
-                   help="run the networks in this precision: their weights are cast once (GPU: bf16 where "
-                        "supported; CPU: bf16 only). Default: what accelerate launch was given, else no")
+    p.add_argument("--mixed_precision", choices=("auto", "no", "fp16", "bf16"), default="auto",
+                   help="the networks' precision, weights cast once. auto (default): fp16/bf16 if accelerate "
+                        "launch was given one, else bf16 on a GPU (fp16 where bf16 is unsupported) and float32 "
+                        "on the CPU; no: float32 everywhere; fp16 needs a GPU")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the networks (minutes of compiling, then about 2x faster on a GPU); "
                         "auto: on a GPU when a process has at least 256 images (default: auto)")
