@@ -6,8 +6,9 @@
 #     OUT=/path/to/out bash tools/gpu_check.sh          # ~8 min on one H100/H200 (hard cap 9m40s)
 #     GPU_CHECK_TINY=1 OUT=/tmp/gc bash tools/gpu_check.sh   # seconds-to-minutes smoke test, CPU or GPU
 # Knobs: PYTHON (default python3), BENCH_BUDGET (s, default 300), BATCH_SIZES (default 32,64),
-# PATHS (default eager_fp16_gd,fast,fast_tuned,eager_fp32: the baseline, the fast path, the fast path
-# with inductor's tuned preset, float32), FAITH_COMPILE=1 (also compile the golden model in the
+# PATHS (default eager_fp16_gd,fast,bf16_eager,eager_fp32,fast_tuned: the baseline, the fast path,
+# what the script runs below 256 images, float32, then the tuned compile preset if the budget still
+# holds a compile), FAITH_COMPILE=1 (also compile the golden model in the
 # faithfulness check). Jobs run batch by batch in PATHS order until the budget is spent.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -35,7 +36,7 @@ else
     FAITH_ARGS=(--device cuda --dtypes bf16,fp16)
     LAYER_ARGS=(--config configs/256x256_diffusion.yaml --device cuda --batch 32 --time_budget 45)
     BENCH_ARGS=(--config configs/256x256_diffusion.yaml --device cuda --batch_sizes "${BATCH_SIZES:-32,64}"
-                --steps 10 --paths "${PATHS:-eager_fp16_gd,fast,fast_tuned,eager_fp32}"
+                --steps 10 --paths "${PATHS:-eager_fp16_gd,fast,bf16_eager,eager_fp32,fast_tuned}"
                 --time_budget "${BENCH_BUDGET:-300}" --compile_reserve 150 --probe_micro_batch
                 --profile fast,fast_tuned,eager_fp16_gd)
 fi
