@@ -94,3 +94,21 @@ def test_layer_bench_upsampling_runs_and_agrees(tmp_path):
     assert rows and result["upsample"]["share_timed"] == 1.0
     assert all(r["fused"]["rel_err"] < 1e-5 and r["unfused"]["ms"] > 0 for r in rows)
     assert json.loads((tmp_path / "l.json").read_text())["upsample"]["rows"] == rows
+
+
+def test_compare_png_dirs(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tools.faithfulness import compare_png_dirs
+
+    rng = np.random.default_rng(0)
+    for name, change in (("a.png", 0), ("sub/b.png", 1)):
+        img = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        for root, delta in ((tmp_path / "ref", 0), (tmp_path / "other", change)):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img + np.uint8(delta)).save(root / name)
+    report = compare_png_dirs(tmp_path / "ref", tmp_path / "other")
+    assert report["count"] == 2 and report["identical"] == 1
+    assert report["worst_db"] == pytest.approx(48.13, abs=0.01)  # every pixel off by one level
+    assert report["mean_db"] == pytest.approx((100 + 48.13) / 2, abs=0.01)

@@ -6,6 +6,7 @@ each fast path, on any device, and reports PSNR (signal range [-1, 1]) and max |
 and tools/gpu_check.sh both use it.
 
     python tools/faithfulness.py --device cuda --dtypes bf16,fp16 --compile --out results.json
+    python tools/faithfulness.py --png_dirs out_float32 out_bf16    # two runs' PNGs, image by image
 """
 
 import argparse
@@ -105,14 +106,38 @@ def run(device="cpu", dtypes=("bf16",), compile=False) -> dict:
     return report
 
 
+def compare_png_dirs(ref_dir, other_dir) -> dict:
+    """PSNR (8-bit) of every PNG under ``ref_dir`` against the same path under ``other_dir``."""
+    import numpy as np
+    from PIL import Image
+
+    from utils.runner import psnr as psnr_uint8
+
+    ref_dir, other_dir = Path(ref_dir), Path(other_dir)
+    values = []
+    for ref in sorted(ref_dir.rglob("*.png")):
+        with Image.open(ref) as a, Image.open(other_dir / ref.relative_to(ref_dir)) as b:
+            values.append(psnr_uint8(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))))
+    if not values:
+        raise SystemExit(f"error: no PNG under {ref_dir}")
+    finite = [min(v, 100.0) for v in values]
+    return dict(count=len(values), identical=sum(math.isinf(v) for v in values),
+                mean_db=round(sum(finite) / len(finite), 2), worst_db=round(min(finite), 2))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtypes", default="bf16,fp16", help="comma list of bf16, fp16, fp32")
     p.add_argument("--compile", action="store_true", help="also check the torch.compile'd fast path")
+    p.add_argument("--png_dirs", nargs=2, metavar=("REF", "OTHER"),
+                   help="instead: compare two runs' output folders PNG by PNG (mean PSNR capped at 100 dB)")
     p.add_argument("--out", help="write the report as JSON here")
     args = p.parse_args(argv)
-    report = run(args.device, args.dtypes.split(","), args.compile)
+    if args.png_dirs:
+        report = compare_png_dirs(*args.png_dirs)
+    else:
+        report = run(args.device, args.dtypes.split(","), args.compile)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -9,7 +9,8 @@
 # PATHS (default eager_fp16_gd,fast,bf16_eager,eager_fp32,fast_tuned: the baseline, the fast path,
 # what the script runs below 256 images, float32, then the tuned compile preset if the budget still
 # holds a compile), FAITH_COMPILE=1 (also compile the golden model in the
-# faithfulness check). Jobs run batch by batch in PATHS order until the budget is spent.
+# faithfulness check), STEPS (default script,faithfulness,layers,benchmark). Benchmark jobs run batch
+# by batch in PATHS order until the budget is spent.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT to an output folder}"
@@ -18,6 +19,7 @@ mkdir -p "$OUT"
 start=$(date +%s)
 log() { echo "[gpu_check $(( $(date +%s) - start ))s] $*"; }
 status=0
+want() { [[ ",${STEPS:-script,faithfulness,layers,benchmark}," == *",$1,"* ]]; }
 
 { date -u; "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available()); print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"; nvidia-smi 2>/dev/null; } > "$OUT/env.txt" 2>&1
 log "environment: $(grep -m1 '^torch' "$OUT/env.txt")"
@@ -42,43 +44,40 @@ else
 fi
 [ -n "${FAITH_COMPILE:-}" ] && FAITH_ARGS+=(--compile)
 
-log "the README's digits demo through sample_ddib.py on $DEVICE: default precision, then float32"
-if "$PY" -c "import accelerate, PIL, tqdm" 2>/dev/null; then
+if ! want script; then
+    :
+elif "$PY" -c "import accelerate, PIL, tqdm" 2>/dev/null; then
+    log "the README's digits demo through sample_ddib.py on $DEVICE: default precision, then float32"
     for prec in auto no; do
         timeout "$SCRIPT_TIMEOUT" "$PY" sample_ddib.py -c configs/digits.yaml --weights assets/digits_unet.pt \
             --input_dir assets/digits --save_dir "$OUT/digits_$prec" --class_A folder --class_B 8 \
             --respace_steps 50 --no-clip_x0 --mixed_precision "$prec" 2>&1 | tail -3 | tee -a "$OUT/script.log"
         [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "sample_ddib.py --mixed_precision $prec FAILED"; }
     done
-    "$PY" - "$OUT" <<'PY' 2>&1 | tee -a "$OUT/script.log"
-import sys, math, pathlib
-import numpy as np
-from PIL import Image
-out = pathlib.Path(sys.argv[1])
-db = []
-for f in sorted((out / "digits_no").rglob("*.png")):
-    a = np.asarray(Image.open(f), dtype=float)
-    b = np.asarray(Image.open(out / "digits_auto" / f.relative_to(out / "digits_no")), dtype=float)
-    mse = ((a - b) ** 2).mean()
-    db.append(100.0 if mse == 0 else 10 * math.log10(255 ** 2 / mse))
-print(f"default precision vs float32, {len(db)} PNGs: mean PSNR {np.mean(db):.1f} dB, worst {min(db):.1f} dB")
-PY
+    "$PY" tools/faithfulness.py --png_dirs "$OUT/digits_no" "$OUT/digits_auto" 2>&1 | tee -a "$OUT/script.log"
 else
-    log "skipped: accelerate, pillow or tqdm is not installed here"
+    log "digits demo skipped: accelerate, pillow or tqdm is not installed here"
 fi
 
-log "faithfulness on $DEVICE: golden fixture, fast path vs float32 (PSNR)"
-timeout 45 "$PY" tools/faithfulness.py "${FAITH_ARGS[@]}" --out "$OUT/faithfulness.json" \
-    2>&1 | tee "$OUT/faithfulness.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "faithfulness FAILED (see faithfulness.log)"; }
+if want faithfulness; then
+    log "faithfulness on $DEVICE: golden fixture, fast path vs float32 (PSNR)"
+    timeout 45 "$PY" tools/faithfulness.py "${FAITH_ARGS[@]}" --out "$OUT/faithfulness.json" \
+        2>&1 | tee "$OUT/faithfulness.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "faithfulness FAILED (see faithfulness.log)"; }
+fi
 
-log "layer micro-benchmarks (fused upsampling, GroupNorm variants) on $DEVICE"
-timeout 70 "$PY" tools/layer_bench.py "${LAYER_ARGS[@]}" --out "$OUT/layer_bench.json" 2>&1 | tee "$OUT/layer_bench.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "layer_bench FAILED (see layer_bench.log)"; }
+if want layers; then
+    log "layer micro-benchmarks (fused upsampling, GroupNorm variants) on $DEVICE"
+    timeout 70 "$PY" tools/layer_bench.py "${LAYER_ARGS[@]}" --out "$OUT/layer_bench.json" \
+        2>&1 | tee "$OUT/layer_bench.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "layer_bench FAILED (see layer_bench.log)"; }
+fi
 
-log "benchmark on $DEVICE"
-timeout 380 "$PY" tools/benchmark.py "${BENCH_ARGS[@]}" --out "$OUT" 2>&1 | tee "$OUT/benchmark.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "benchmark FAILED or timed out (see benchmark.log)"; }
+if want benchmark; then
+    log "benchmark on $DEVICE"
+    timeout "${BENCH_TIMEOUT:-380}" "$PY" tools/benchmark.py "${BENCH_ARGS[@]}" --out "$OUT" 2>&1 | tee "$OUT/benchmark.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "benchmark FAILED or timed out (see benchmark.log)"; }
+fi
 
 log "done, status $status; results in $OUT: benchmark.md benchmark.json faithfulness.json layer_bench.json script.log env.txt"
 exit $status
