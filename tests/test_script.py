@@ -67,6 +67,7 @@ def test_help_explains_every_argument():
     (["--class_B", "10"], "--class_B: class 10 is out of range"),
     (["--respace_steps", "1001"], "above the schedule's total_steps"),
     (["--classifier_scale", "3"], "--classifier_scale needs --classifier_weights"),
+    (["--mixed_precision", "fp16"], "--mixed_precision fp16 needs a GPU; use bf16 on the CPU"),
 ])
 def test_user_errors_are_one_line(tiny_files, input_dir, tmp_path, extra, match):
     r = run_script(*_common(tiny_files, input_dir, tmp_path / "out"), *extra)
