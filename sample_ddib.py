@@ -101,6 +101,8 @@ def build_bridge(args, cfg_A, cfg_B, accelerator, warn, images: int):
     if dtype == torch.float16 and device.type == "cpu":
         raise UserError("--mixed_precision fp16 needs a GPU; use bf16 on the CPU")
     compile = choose_compile(args, device, images)
+    if device.type == "cuda":  # static shapes: let cuDNN time its algorithms once per shape, as benchmarked
+        torch.backends.cudnn.benchmark = True
     nets = _load_networks(args, cfg_A, cfg_B, device)
     workers = 0
     if device.type == "cpu":  # bit-identical outputs for any --micro_batch and process count
