@@ -82,14 +82,18 @@ def build_models(cfg: dict, device, seed: int):
     return unet, clf
 
 
+def one_image_inputs(model_cfg: dict):
+    """(x, t, y) for one image of a UNet config, on the current default device (meta for counting)."""
+    size = model_cfg["image_size"]
+    y = torch.zeros(1, dtype=torch.long) if model_cfg.get("num_classes") else None
+    return torch.zeros(1, model_cfg["in_channels"], size, size), torch.zeros(1, dtype=torch.long), y
+
+
 def count_flops(cfg: dict) -> dict:
     """FLOPs (2 × MACs) per image: one UNet forward, one classifier forward + input-gradient."""
     with torch.device("meta"):
         unet = UNetModel(**cfg["model"]).requires_grad_(False)
-        size = cfg["model"]["image_size"]
-        x = torch.zeros(1, cfg["model"]["in_channels"], size, size)
-        t = torch.zeros(1, dtype=torch.long)
-        y = torch.zeros(1, dtype=torch.long) if cfg["model"].get("num_classes") else None
+        x, t, y = one_image_inputs(cfg["model"])
         with FlopCounterMode(display=False) as fc, torch.no_grad():
             unet(x, t, y)
         out = {"unet_forward": fc.get_total_flops(), "classifier_grad": 0}
@@ -199,7 +203,8 @@ def profile_forward(unet, x, labels, autocast, device, top: int = 12) -> dict:
     total = sum(times.values()) or 1.0
     families = {}
     for name, ms in times.items():
-        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
+        family = kernel_family(name)
+        families[family] = families.get(family, 0.0) + ms
     ranked = sorted(times.items(), key=lambda kv: -kv[1])[:top]
     return dict(total_ms=total, families={k: v / total for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
                 top=[(name[:90], ms / total) for name, ms in ranked])

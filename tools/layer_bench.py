@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.fast import UpsampleConv2d, raise_compile_limits  # noqa: E402
 from models.unet import ResBlock, UNetModel, Upsample  # noqa: E402
+from tools.benchmark import one_image_inputs, sync  # noqa: E402
 
 GROUPS = 32
 EPS = 1e-5
@@ -76,29 +77,22 @@ def layer_shapes(model_cfg: dict) -> dict:
                 out = m.in_layers[-1].out_channels
                 hooks.append(m.h_upd.register_forward_pre_hook(
                     lambda _, args, out=out: found["upsample"].update([tuple(args[0].shape[1:]) + (out,)])))
-        size = model_cfg["image_size"]
-        y = torch.zeros(1, dtype=torch.long) if model_cfg.get("num_classes") else None
         with torch.no_grad():
-            unet(torch.zeros(1, model_cfg["in_channels"], size, size), torch.zeros(1, dtype=torch.long), y)
+            unet(*one_image_inputs(model_cfg))
     for h in hooks:
         h.remove()
     return found
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_call(fn, args, device, repeats: int) -> float:
     """Seconds per call, after one warm-up call (which compiles or picks algorithms)."""
     with torch.no_grad():
         fn(*args)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(repeats):
             fn(*args)
-        _sync(device)
+        sync(device)
     return (time.perf_counter() - start) / repeats
 
 
