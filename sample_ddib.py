@@ -47,16 +47,16 @@ def _load_networks(args, cfg_A, cfg_B, device):
 
 def _prepare(nets, dtype, compile, per_sample_workers):
     """Apply the fast path to each distinct network: upsampling fused into its convolutions always;
-    16-bit weights cast once, channels_last and torch.compile where asked; on the CPU,
-    one-sample-at-a-time evaluation (bit-identical results)."""
+    16-bit weights cast once, channels_last and torch.compile where asked (float32 and uncompiled,
+    the rest of preparation changes no number); on the CPU, one-sample-at-a-time evaluation
+    (bit-identical results)."""
     from models import PerSample
-    from models.fast import fuse_upsampling, prepare_for_inference
+    from models.fast import prepare_for_inference
 
     done = {}
     for net in nets:
         if net is not None and id(net) not in done:
-            prepared = (prepare_for_inference(net, dtype=dtype, compile=compile) if dtype or compile
-                        else fuse_upsampling(net))
+            prepared = prepare_for_inference(net, dtype=dtype, compile=compile)
             done[id(net)] = PerSample(prepared, per_sample_workers) if per_sample_workers else prepared
     return tuple(None if net is None else done[id(net)] for net in nets)
 
