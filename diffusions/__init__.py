@@ -1,8 +1,12 @@
-"""Schedules, DDIM samplers and the DDIB translation built on them."""
+"""Schedules, ODE solvers over a denoiser, and the DDIB translation built on them."""
 
-from .ddib import classifier_grad, eps_from_model, generate, invert, translate
-from .samplers import ddim_invert, ddim_sample
+from .ddib import generate, invert, translate
+from .denoisers import classifier_grad, clipped, eps_from_model, from_eps, guided
 from .schedules import BETA_SCHEDULES, RESPACE_TYPES, alphas_cumprod, get_betas, respace
+from .solvers import (SOLVERS, generation_path, get_solver, inversion_path, register_solver, run_generation,
+                      run_inversion, sample_ddim)
 
-__all__ = ["alphas_cumprod", "get_betas", "respace", "BETA_SCHEDULES", "RESPACE_TYPES", "ddim_invert",
-           "ddim_sample", "eps_from_model", "classifier_grad", "invert", "generate", "translate"]
+__all__ = ["alphas_cumprod", "get_betas", "respace", "BETA_SCHEDULES", "RESPACE_TYPES", "SOLVERS",
+           "register_solver", "get_solver", "sample_ddim", "run_inversion", "run_generation",
+           "generation_path", "inversion_path", "eps_from_model", "from_eps", "clipped", "guided",
+           "classifier_grad", "invert", "generate", "translate"]

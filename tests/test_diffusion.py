@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusions import alphas_cumprod, ddim_invert, eps_from_model, generate, get_betas, respace, translate
+from diffusions import alphas_cumprod, generate, get_betas, invert, respace, translate
 
 LOOP_TOL = 1e-3
 
@@ -28,9 +28,9 @@ def setup(golden):
 def test_inversion_every_step(setup, golden_unet):
     d, ac, ts = setup
     steps = []
-    eps_fn = eps_from_model(golden_unet, torch.full((3,), d["class_A"]))
     with torch.no_grad():
-        latent = ddim_invert(eps_fn, d["x0"], ac, ts, callback=lambda i, x: steps.append(x))
+        latent = invert(golden_unet, d["x0"], torch.full((3,), d["class_A"]), ac, ts,
+                        callback=lambda i, x: steps.append(x))
     assert len(steps) == len(ts) - 1 == d["inversion_steps"].shape[0]
     assert (torch.stack(steps) - d["inversion_steps"]).abs().max() < LOOP_TOL
     assert (latent - d["latent"]).abs().max() < LOOP_TOL
