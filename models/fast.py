@@ -12,7 +12,6 @@ Call these after ``load_state_dict``: they keep every parameter name, so state_d
 guided-diffusion compatible, but they change dtypes and memory formats in place.
 """
 
-import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -133,21 +132,6 @@ def _check_model(model: nn.Module) -> None:
         raise TypeError(f"expected a UNetModel or EncoderUNetModel, got {type(model).__name__}")
 
 
-# torch.compile settings to compare on a GPU (tools/benchmark.py's fast_<preset> paths). "default" is
-# torch.compile's default mode; "tuned" adds inductor's coordinate-descent tuning of its Triton kernels'
-# tile sizes (the GroupNorm/SiLU/add kernels that are most of the non-convolution time) and lowers 1×1
-# convolutions (skip connections, attention projections) to matrix products that inductor can fuse
-# with their bias and residual adds; "autotune" also benchmarks Triton convolution/GEMM templates
-# against cuDNN/cuBLAS (much longer compile); "cudagraphs" replays each step as one CUDA graph
-# (launch overhead: matters for small batches).
-COMPILE_PRESETS = {
-    "default": None,
-    "tuned": {"coordinate_descent_tuning": True, "conv_1x1_as_mm": True},
-    "autotune": {"max_autotune": True, "coordinate_descent_tuning": True, "conv_1x1_as_mm": True},
-    "cudagraphs": {"triton.cudagraphs": True},
-}
-
-
 def raise_compile_limits() -> None:
     """Several prepared models and batch sizes share UNetModel.forward's code object; the default
     recompile limit (8) would silently fall back to eager."""
@@ -158,19 +142,17 @@ def raise_compile_limits() -> None:
 
 def prepare_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None,
                           channels_last: Optional[bool] = None, compile: bool = False,
-                          compile_preset: str = "default") -> nn.Module:
+                          compile_options: Optional[dict] = None) -> nn.Module:
     """Make a loaded UNetModel or EncoderUNetModel fast for sampling; returns the same module.
 
     dtype: None keeps float32 (numerically the reference path); torch.bfloat16 / torch.float16 cast
     the blocks once, GroupNorm included. channels_last: None means "when compiling" (inductor then
     keeps NHWC throughout; in eager, CUDA GroupNorm would transpose back). compile: torch.compile
     with static shapes (one compile per batch size: keep the micro-batch fixed and pad the last one),
-    with the inductor settings of ``COMPILE_PRESETS[compile_preset]``.
+    with inductor's ``compile_options`` (None: its defaults, what the tool uses).
     Parameters stop requiring grad; classifier guidance still differentiates w.r.t. the input.
     """
     _check_model(model)
-    if compile_preset not in COMPILE_PRESETS:
-        raise ValueError(f"compile_preset must be one of {', '.join(COMPILE_PRESETS)}, got {compile_preset!r}")
     if dtype is not None and dtype not in HALF_DTYPES:
         raise ValueError(f"dtype must be None, torch.bfloat16 or torch.float16, got {dtype}")
     model.eval().requires_grad_(False)
@@ -182,25 +164,8 @@ def prepare_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None,
         model.to(memory_format=torch.channels_last)
     if compile:
         raise_compile_limits()
-        model.compile(options=COMPILE_PRESETS[compile_preset], dynamic=False)
+        model.compile(options=compile_options, dynamic=False)
     return model
-
-
-def convert_like_guided_diffusion_fp16(model: nn.Module) -> nn.Module:
-    """The baseline: guided-diffusion's ``--use_fp16``. Only the blocks' conv weights become fp16;
-    GroupNorm upcasts to float32 and back on every call (GroupNorm32), embeddings and head stay
-    float32. Returns the same module, eval mode, parameters not requiring grad."""
-    _check_model(model)
-    model.eval().requires_grad_(False)
-    _cast_blocks(model, torch.float16, group_norm=False)
-    return model
-
-
-def autocast_context(device: torch.device, dtype: Optional[torch.dtype]):
-    """``torch.autocast`` for ``dtype`` on ``device`` (the per-call casting baseline), or a no-op."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def default_dtype(device) -> Optional[torch.dtype]:

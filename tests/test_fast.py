@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from diffusions import alphas_cumprod, generate, invert
-from models.fast import (LowPrecisionGroupNorm, UpsampleConv2d, convert_like_guided_diffusion_fp16,
-                         fuse_upsampling, pick_micro_batch, prepare_for_inference)
+from models.fast import LowPrecisionGroupNorm, UpsampleConv2d, fuse_upsampling, pick_micro_batch, prepare_for_inference
+from tools.baselines import compile_options, convert_like_guided_diffusion_fp16
 from tools.faithfulness import golden_models, load_golden, psnr
 
 
@@ -144,7 +144,7 @@ def test_micro_batch_on_cpu_and_argument_checks(golden):
     with pytest.raises(TypeError):
         prepare_for_inference(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="compile_preset"):
-        prepare_for_inference(unet, compile=True, compile_preset="fastest")
+        compile_options("fastest")
 
 
 def test_micro_batch_search_on_a_fake_gpu(golden, monkeypatch):

@@ -26,9 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusions import alphas_cumprod, classifier_grad, ddim_invert, ddim_sample, eps_from_model, respace  # noqa: E402
-from models.fast import (COMPILE_PRESETS, autocast_context, convert_like_guided_diffusion_fp16,  # noqa: E402
-                         default_dtype, pick_micro_batch, prepare_for_inference)
+from diffusions import alphas_cumprod, eps_from_model, generate, invert, respace  # noqa: E402
+from models.fast import default_dtype, pick_micro_batch, prepare_for_inference  # noqa: E402
+from tools.baselines import (COMPILE_PRESETS, autocast_context, compile_options,  # noqa: E402
+                             convert_like_guided_diffusion_fp16)
 from models.unet import EncoderUNetModel, UNetModel  # noqa: E402
 from tools.faithfulness import psnr  # noqa: E402
 
@@ -128,7 +129,8 @@ def prepare_path(path: str, unet, clf, fast_dtype):
         torch._dynamo.reset()
         preset = path[len("fast_"):] or "default"
         for m in models:
-            prepare_for_inference(m, dtype=fast_dtype, channels_last=True, compile=True, compile_preset=preset)
+            prepare_for_inference(m, dtype=fast_dtype, channels_last=True, compile=True,
+                                  compile_options=compile_options(preset))
     elif path != "eager_fp32":
         raise ValueError(f"unknown path {path!r}; choose from {', '.join(ALL_PATHS + FAST_VARIANTS)}")
     return unet, clf, autocast
@@ -146,14 +148,12 @@ def _stage(fn, device):
 def run_ddib(unet, clf, x0, labels, ac, timesteps, device, scale: float):
     """Time inversion, plain generation and guided generation; returns outputs and seconds."""
     y_a, y_b = labels
-    inv = eps_from_model(unet, y_a)
-    gen = eps_from_model(unet, y_b)
-    latent, t_inv = _stage(lambda: ddim_invert(inv, x0, ac, timesteps), device)
-    plain, t_gen = _stage(lambda: ddim_sample(gen, latent, ac, timesteps), device)
+    latent, t_inv = _stage(lambda: invert(unet, x0, y_a, ac, timesteps), device)
+    plain, t_gen = _stage(lambda: generate(unet, latent, y_b, ac, timesteps, clip_x0=True), device)
     guided, t_guided = None, None
     if clf is not None:
-        grad = classifier_grad(clf, y_b, scale)
-        guided, t_guided = _stage(lambda: ddim_sample(gen, latent, ac, timesteps, grad_fn=grad), device)
+        guided, t_guided = _stage(lambda: generate(unet, latent, y_b, ac, timesteps, clip_x0=True, classifier=clf,
+                                                   classifier_scale=scale), device)
     return dict(plain=plain, guided=guided, t_inv=t_inv, t_gen=t_gen, t_guided=t_guided)
 
 
@@ -291,7 +291,7 @@ def markdown(meta: dict, results: list) -> str:
              f"UNet forward {meta['flops']['unet_forward'] / 1e12:.4f} TFLOP/image, classifier gradient "
              f"{meta['flops']['classifier_grad'] / 1e12:.4f} TFLOP/image (FlopCounterMode, 2 × MACs). "
              f"fast = {meta['fast_dtype']} weights + channels_last + torch.compile; fast_<preset> = the same "
-             f"compiled with models.fast.COMPILE_PRESETS[preset]. "
+             f"compiled with tools.baselines.COMPILE_PRESETS[preset]. "
              f"cudnn.benchmark={meta['cudnn_benchmark']}. Peak GiB is each job's own (its model copies and "
              f"activations; the float32 originals, {meta['base_models_gib']:.1f} GiB, excluded). "
              + (f"% peak is of {peak:.0f} TFLOP/s (dense bf16 measured on H100/H200)." if peak else
