@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .network import ADMNetwork
 from .unet import EncoderUNetModel, GroupNorm32, ResBlock, UNetModel, Upsample
 
 # The parts guided-diffusion's ``--use_fp16`` converts; time_embed, label_emb and out stay float32.
@@ -181,8 +182,9 @@ def _probe(model, classifier, batch: int, device, classifier_scale: float) -> No
     x = torch.randn(batch, model.in_channels, model.image_size, model.image_size, device=device)
     t = torch.full((batch,), 500, device=device, dtype=torch.long)
     y = torch.zeros(batch, dtype=torch.long, device=device) if model.num_classes else None
+    inner = model.net if isinstance(model, ADMNetwork) else model
     with torch.no_grad():
-        model.forward(x, t, y)  # .forward skips torch.compile: probing must not trigger compiles
+        inner.forward(x, t, y)  # .forward skips torch.compile: probing must not trigger compiles
     if classifier is not None:
         x_in = x.detach().requires_grad_(True)
         logp = F.log_softmax(classifier.forward(x_in, t).float(), dim=-1)[:, 0].sum()

@@ -16,7 +16,11 @@ from models import UNetModel
 from utils.classes import resolve, search
 from utils.errors import UserError
 from utils.images import load_image, to_tensor, to_uint8
-from utils.runner import Bridge, Job, Layout, Options, translate_folder
+from models import ADMNetwork
+from utils.bridge import Bridge, Sampling
+from utils.folder import Options, translate_folder
+from utils.jobs import Job
+from utils.outputs import Layout
 
 SIZE = 32
 
@@ -82,23 +86,23 @@ def test_two_models_must_share_size_and_schedule(tmp_path, capsys):
     assert "--config_B and --weights_B go together" in capsys.readouterr().err
 
 
-class _Counting(torch.nn.Module):
-    """Counts the images the wrapped network is run on."""
+class _Counting(ADMNetwork):
+    """Counts the images the network is run on."""
 
     def __init__(self, net):
-        super().__init__()
-        self.net, self.in_channels, self.images = net, net.in_channels, 0
+        super().__init__(net)
+        self.images = 0
 
     def forward(self, x, t, y=None):
         self.images += len(x)
-        return self.net(x, t, y)
+        return super().forward(x, t, y)
 
 
 def test_k_targets_invert_once(tmp_path):
     net = _Counting(randomize(UNetModel(**TINY_CONFIG["model"])).eval())
     ts = respace("uniform", 1000, 5)
-    bridge = Bridge(model_A=net, model_B=net, alphas_cumprod=alphas_cumprod("linear", 1000), timesteps=ts,
-                    device=torch.device("cpu"))
+    bridge = Bridge(model_A=net, model_B=net, alphas_cumprod=alphas_cumprod("linear", 1000),
+                    sampling=Sampling(steps=5), device=torch.device("cpu"))
     inp = _images(tmp_path / "in", n=3)
     jobs = [Job(Path(f"{i}.png"), 1, [4, 5, 6, 7]) for i in range(3)]
     layout = Layout(tmp_path / "out", {j.rel: j.rel for j in jobs}, grouped=True)

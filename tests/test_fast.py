@@ -17,7 +17,8 @@ import torch
 from diffusions import alphas_cumprod, generate, invert
 from models.fast import LowPrecisionGroupNorm, UpsampleConv2d, fuse_upsampling, pick_micro_batch, prepare_for_inference
 from tools.baselines import compile_options, convert_like_guided_diffusion_fp16
-from tools.faithfulness import golden_models, load_golden, psnr
+from tools.faithfulness import golden_models, load_golden
+from utils.images import psnr
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.images import ImageReadError, center_crop, load_image, output_names, save_png, scan_images, to_tensor, to_uint8
+from utils.images import ImageReadError, center_crop, load_image, save_png, scan_images, to_tensor, to_uint8
+from utils.outputs import output_names
 
 
 def test_scan_is_recursive_and_filters(tmp_path):

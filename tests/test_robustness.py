@@ -19,7 +19,8 @@ from conftest import ROOT, TINY_CONFIG, randomize
 from diffusions import alphas_cumprod
 from models import UNetModel
 from utils.images import MAX_PIXELS, ImageReadError, load_image, scan_images
-from utils.runner import Bridge
+from models import ADMNetwork
+from utils.bridge import Bridge, Sampling
 
 SIZE = 32
 
@@ -299,18 +300,21 @@ def test_same_bits_for_any_micro_batch_and_process_count(tiny_files, tmp_path):
 
 
 class _Fixed:
-    """Bridge.translate with the test's classes."""
+    """A bridge from class 1 to class 2 of one batch; returns (images, ok)."""
 
     def __init__(self, bridge):
         self.bridge = bridge
 
     def translate(self, x, paths):
-        return self.bridge.translate(x, [p.as_posix() for p in paths], class_A=1, class_B=2)
+        latents, ok_a = self.bridge.invert(x, [1] * len(x))
+        out, ok_b = self.bridge.generate(latents, [2] * len(x), [p.as_posix() for p in paths])
+        return out, ok_a & ok_b
 
 
-def _bridge(model, **kw):
+def _bridge(model, eta=0.0, seed=0, **kw):
+    model = model if isinstance(model, ADMNetwork) else ADMNetwork(model)
     return _Fixed(Bridge(model_A=model, model_B=model, alphas_cumprod=alphas_cumprod("linear", 1000),
-                         timesteps=[0, 300, 600, 900], device=torch.device("cpu"), **kw))
+                         sampling=Sampling(steps=4, eta=eta, seed=seed), device=torch.device("cpu"), **kw))
 
 
 def test_eta_noise_depends_on_path_not_batch():
@@ -326,15 +330,11 @@ def test_eta_noise_depends_on_path_not_batch():
     assert (other_seed[0] - alone[0]).abs().max() > 1e-2
 
 
-class _Overflowing(torch.nn.Module):
+class _Overflowing(ADMNetwork):
     """A real network whose output overflows to inf, as a 16-bit network can."""
 
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.in_channels = net, net.in_channels
-
     def forward(self, x, t, y=None):
-        return self.net(x, t, y) * float("inf")
+        return super().forward(x, t, y) * float("inf")
 
 
 def test_non_finite_batch_redone_in_float32():
@@ -363,17 +363,13 @@ def test_non_finite_output_is_failed_not_written(tiny_files, one_image, tmp_path
     assert "failed: the inversion is not finite" in (tmp_path / "out" / "failures.csv").read_text()
 
 
-class _OutOfMemoryAboveOne(torch.nn.Module):
+class _OutOfMemoryAboveOne(ADMNetwork):
     """Raises the real out-of-memory error type for batches above one image, as a small GPU would."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.in_channels = net, net.in_channels
 
     def forward(self, x, t, y=None):
         if len(x) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.net(x, t, y)
+        return super().forward(x, t, y)
 
 
 def test_out_of_memory_splits_batch():

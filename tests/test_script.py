@@ -80,16 +80,16 @@ def test_mixed_precision_auto_and_explicit(tiny_files, input_dir, tmp_path, monk
     """auto: float32 on the CPU, 16 bits on a GPU or as accelerate launch says; an explicit value wins."""
     import torch
 
-    import sample_ddib
+    from utils.pipeline import network_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert sample_ddib.network_dtype("auto", "no", cpu) is None
-    assert sample_ddib.network_dtype("auto", "bf16", cpu) == torch.bfloat16
-    assert sample_ddib.network_dtype("no", "bf16", cuda) is None
-    assert sample_ddib.network_dtype("fp16", "no", cuda) == torch.float16
+    assert network_dtype("auto", cpu) is None
+    assert network_dtype("bf16", cpu) == torch.bfloat16
+    assert network_dtype("no", cuda) is None
+    assert network_dtype("fp16", cuda) == torch.float16
     for supported, want in ((True, torch.bfloat16), (False, torch.float16)):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)
-        assert sample_ddib.network_dtype("auto", "no", cuda) == want
+        assert network_dtype("auto", cuda) == want
 
     quiet = run_script(*_common(tiny_files, input_dir, tmp_path / "fp32"))
     assert quiet.returncode == 0 and "networks in" not in quiet.stdout  # CPU default: float32, as before

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusions import alphas_cumprod, generate, invert  # noqa: E402
 from models.fast import prepare_for_inference  # noqa: E402
 from models.unet import EncoderUNetModel, UNetModel  # noqa: E402
+from utils.images import psnr  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "ddib_public_32.pt"
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,12 +72,6 @@ def golden_translations(unet, clf, golden: dict, device="cpu") -> dict:
     return {k: v.float().cpu() for k, v in out.items()}
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB for images in [-1, 1] (peak-to-peak 2)."""
-    mse = (a.double() - b.double()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
-
-
 def compare(ref: dict, got: dict) -> dict:
     return {k: {"psnr_db": round(psnr(got[k], ref[k]), 2),
                 "max_abs": round((got[k] - ref[k]).abs().max().item(), 6)} for k in got}
@@ -111,13 +106,11 @@ def compare_png_dirs(ref_dir, other_dir) -> dict:
     import numpy as np
     from PIL import Image
 
-    from utils.runner import psnr as psnr_uint8
-
     ref_dir, other_dir = Path(ref_dir), Path(other_dir)
     values = []
     for ref in sorted(ref_dir.rglob("*.png")):
         with Image.open(ref) as a, Image.open(other_dir / ref.relative_to(ref_dir)) as b:
-            values.append(psnr_uint8(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))))
+            values.append(psnr(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")), data_range=255.0))
     if not values:
         raise SystemExit(f"error: no PNG under {ref_dir}")
     finite = [min(v, 100.0) for v in values]

@@ -1,6 +1,7 @@
 """Loading weights: guided-diffusion's raw state_dicts and the usual wrappers, strictly and safely."""
 
 import pickle
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -79,3 +80,23 @@ def load_weights(model: torch.nn.Module, path, what: str = "model") -> None:
         raise UserError(f"{what} weights {path} do not match the config: "
                         + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True)
+
+
+def load_network(cfg: dict, weights, part: str = "model", what: Optional[str] = None, device="cpu"):
+    """The one loader: build ``cfg[part]`` and load ``weights`` into it strictly, in eval mode on
+    ``device``. ``part="model"`` gives the family's ``EpsNetwork`` (weights go into its ``.net``, with the
+    family's own names); ``part="classifier"`` the ADM noisy classifier."""
+    from models import FAMILIES, EncoderUNetModel
+
+    from .config import DEFAULT_FAMILY, build_network
+
+    what = what or part
+    if part == "classifier":
+        if cfg.get("classifier") is None:
+            raise UserError(f"the config has no 'classifier' section for the {what}")
+        net = build_network(lambda kw: EncoderUNetModel(**kw), cfg["classifier"], "classifier")
+        load_weights(net, weights, what)
+    else:
+        net = build_network(FAMILIES[cfg.get("family", DEFAULT_FAMILY)].build, cfg["model"], "model")
+        load_weights(net.net, weights, what)
+    return net.to(device).eval().requires_grad_(False)

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from diffusions.schedules import RESPACE_TYPES
+from diffusions import RESPACE_TYPES, SOLVERS
 
 from .errors import UserError
 
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "uniform-trailing, quad (dense near t=0), none (all total_steps). Default: uniform")
     p.add_argument("--respace_steps", type=_positive_int, default=DEFAULT_RESPACE_STEPS,
                    help=f"number of timesteps for each half of the bridge (default: {DEFAULT_RESPACE_STEPS})")
+    p.add_argument("--solver", default="ddim", choices=sorted(SOLVERS),
+                   help="the ODE solver of both halves (inversion runs it forward in time) (default: ddim)")
     p.add_argument("--micro_batch", type=_micro_batch, default=8,
                    help="images per forward pass in each process, or 'auto': the largest that fits the GPU "
                         "(8 on the CPU) (default: 8)")
@@ -91,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the networks (minutes of compiling, then about 2x faster on a GPU); "
                         "auto: on a GPU when a process has at least 256 images (default: auto)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="on the CPU, outputs bit-identical for any --micro_batch and process count: each image "
+                        "goes through the networks alone on one thread (slower; see the README)")
     return p
 
 
@@ -125,17 +130,6 @@ def check_paths(args) -> None:
         raise UserError(f"--from_latents: not a folder: {args.from_latents}")
 
 
-def check_models(cfg_A, cfg_B) -> None:
-    """Two models can bridge only through one latent space: same image shape and noise schedule."""
-    for key in ("image_size", "in_channels"):
-        if cfg_A["model"].get(key, 3) != cfg_B["model"].get(key, 3):
-            raise UserError(f"the two models differ in {key} ({cfg_A['model'].get(key, 3)} vs "
-                            f"{cfg_B['model'].get(key, 3)}); a bridge needs the same image shape on both sides")
-    if cfg_A["diffusion"] != cfg_B["diffusion"]:
-        raise UserError(f"the two models differ in their noise schedule ({cfg_A['diffusion']} vs "
-                        f"{cfg_B['diffusion']}); a bridge needs the same schedule on both sides")
-
-
 def check_numbers(args, cfg_A, cfg_B) -> None:
     """Checks of steps, guidance and eta against the configs (class labels: see utils.jobs)."""
     total = cfg_A["diffusion"]["total_steps"]
@@ -150,5 +144,7 @@ def check_numbers(args, cfg_A, cfg_B) -> None:
             raise UserError("classifier guidance needs --class_B")
     if args.eta < 0:
         raise UserError(f"--eta must be 0 or more, got {args.eta}")
+    if args.eta > 0 and not SOLVERS[args.solver].stochastic:
+        raise UserError(f"--eta > 0 needs --solver ddim; the {args.solver} solver is deterministic")
     if args.from_latents is not None and args.save_latents:
         raise UserError("--from_latents and --save_latents together would copy latents; use one")

@@ -1,30 +1,31 @@
 """YAML configs: one file per model, validated against the network constructors.
 
-``model`` holds exactly the keyword arguments of ``models.UNetModel``, ``classifier`` (optional)
-those of ``models.EncoderUNetModel``, ``diffusion`` the noise schedule. Omitted keys take the
-constructors' defaults; unknown keys and wrong types are errors that name them.
+``family`` (optional, default ``adm``) names the network family (``models.FAMILIES``); ``model`` holds
+exactly the keys that family takes (for ``adm`` the keyword arguments of ``models.UNetModel``),
+``classifier`` (optional) those of ``models.EncoderUNetModel``, ``diffusion`` the noise schedule.
+Omitted keys take the constructors' defaults; unknown keys and wrong types are errors that name them.
 """
 
 import difflib
-import inspect
 from pathlib import Path
 
 import yaml
 
 from diffusions.schedules import BETA_SCHEDULES
-from models import EncoderUNetModel, UNetModel
+from models import FAMILIES, EncoderUNetModel
+from models.network import constructor_params
 
 from .errors import UserError
 
 DIFFUSION_DEFAULTS = {"total_steps": 1000, "beta_schedule": "linear"}
-SECTIONS = ("model", "diffusion", "classifier")
+SECTIONS = ("family", "model", "diffusion", "classifier")
+DEFAULT_FAMILY = "adm"
 # guided-diffusion command-line flags users carry over, and what our configs call them
 _FLAG_HINTS = {"num_channels": "model_channels", "class_cond": "num_classes", "learn_sigma": "out_channels",
                "diffusion_steps": "diffusion.total_steps", "noise_schedule": "diffusion.beta_schedule",
                "classifier_width": "model_channels", "classifier_depth": "num_res_blocks",
                "classifier_pool": "pool", "timestep_respacing": "--respace_type/--respace_steps",
                "use_fp16": "--mixed_precision", "use_checkpoint": "nothing (sampling needs no checkpointing)"}
-_REQUIRED = {"model": ("image_size",), "classifier": ("image_size",)}
 
 
 def _expected_types(default):
@@ -47,7 +48,7 @@ _TYPES = {  # parameters whose default does not say their type
 }
 
 
-def _check_section(name: str, values, params: dict) -> dict:
+def _check_section(name: str, values, params: dict, required=("image_size",)) -> dict:
     """Validate one section against ``params``, its allowed keys and their defaults."""
     if values is None:
         values = {}
@@ -64,7 +65,7 @@ def _check_section(name: str, values, params: dict) -> dict:
                 hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise UserError(f"unknown key(s) in config section '{name}': {', '.join(hints)}; "
                         f"allowed: {', '.join(params)}")
-    for key in _REQUIRED.get(name, ()):
+    for key in required:
         if key not in values:
             raise UserError(f"config section '{name}' needs '{key}'")
     for key, value in values.items():
@@ -76,10 +77,6 @@ def _check_section(name: str, values, params: dict) -> dict:
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise UserError(f"config key '{name}.{key}' must be {want}, got {value!r}")
     return dict(values)
-
-
-def _constructor_params(cls) -> dict:
-    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
 
 
 def load_config(path) -> dict:
@@ -99,10 +96,16 @@ def load_config(path) -> dict:
                         f"allowed: {', '.join(SECTIONS)}")
     if "model" not in raw:
         raise UserError(f"config {path} has no 'model' section")
+    family = raw.get("family", DEFAULT_FAMILY)
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise UserError(f"config {path}: unknown family {family!r}; known: {', '.join(map(str, FAMILIES))}")
+    spec = FAMILIES[family]
     cfg = {
-        "model": _check_section("model", raw["model"], _constructor_params(UNetModel)),
-        "diffusion": {**DIFFUSION_DEFAULTS, **_check_section("diffusion", raw.get("diffusion"), DIFFUSION_DEFAULTS)},
-        "classifier": (_check_section("classifier", raw["classifier"], _constructor_params(EncoderUNetModel))
+        "family": family,
+        "model": _check_section("model", raw["model"], spec.params, spec.required),
+        "diffusion": {**DIFFUSION_DEFAULTS,
+                      **_check_section("diffusion", raw.get("diffusion"), DIFFUSION_DEFAULTS, required=())},
+        "classifier": (_check_section("classifier", raw["classifier"], constructor_params(EncoderUNetModel))
                        if raw.get("classifier") is not None else None),
     }
     if cfg["diffusion"]["beta_schedule"] not in BETA_SCHEDULES:
@@ -117,9 +120,9 @@ def load_config(path) -> dict:
     return cfg
 
 
-def build_network(cls, kwargs: dict, what: str):
-    """Construct a network, turning constructor complaints into a config error."""
+def build_network(build, kwargs: dict, what: str):
+    """Construct a network with ``build(kwargs)``, turning constructor complaints into a config error."""
     try:
-        return cls(**kwargs)
+        return build(kwargs)
     except (ValueError, TypeError, ZeroDivisionError) as e:
         raise UserError(f"config section '{what}' does not describe a valid network: {e}") from None

@@ -7,6 +7,7 @@ a PNG appears under its final name only once it is complete.
 
 import contextlib
 import hashlib
+import math
 import os
 import tempfile
 import warnings
@@ -49,21 +50,6 @@ def scan_images(root) -> list:
     return sorted(found, key=lambda p: p.as_posix())
 
 
-def output_names(rel_paths) -> dict:
-    """Map each input's relative path to its output's (suffix .png).
-
-    Inputs that would collide (``a.jpg`` and ``a.png``) keep their own suffix in the name
-    (``a.jpg.png``, ``a.png.png``) so that neither overwrites the other.
-    """
-    plain = {rel: rel.with_suffix(".png") for rel in rel_paths}
-    counts = {}
-    for out in plain.values():
-        key = out.as_posix().lower()
-        counts[key] = counts.get(key, 0) + 1
-    return {rel: (out if counts[out.as_posix().lower()] == 1 else rel.with_name(rel.name + ".png"))
-            for rel, out in plain.items()}
-
-
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
@@ -99,8 +85,7 @@ def load_image(path, size: int) -> np.ndarray:
                     raise ImageReadError(f"{img.width}x{img.height} pixels is above the limit of {MAX_PIXELS:,}")
                 img.seek(0)
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return center_crop(_to_rgb(img), size)
+                return pil_to_array(img, size)
     except ImageReadError:
         raise
     except Image.DecompressionBombError:
@@ -116,13 +101,27 @@ def load_image(path, size: int) -> np.ndarray:
 
 def to_tensor(arrays) -> torch.Tensor:
     """uint8 HWC arrays → float32 NCHW batch in [-1, 1]."""
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().contiguous()  # NCHW memory: the same
+    return x / 127.5 - 1.0  # kernels then run as on latents read back from disk
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] CHW tensor → HWC uint8, rounded to the nearest level."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    """[-1, 1] CHW (or NCHW) tensor → HWC (NHWC) uint8, rounded to the nearest level, as a PNG stores it."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def psnr(a, b, data_range: float = 2.0) -> float:
+    """Peak signal-to-noise ratio in dB of two images (arrays or tensors of one shape), inf when equal.
+    ``data_range`` is the span of values: 2 for images in [-1, 1], 255 for uint8."""
+    a, b = (x.detach().double().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64)
+            for x in (a, b))
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
+
+
+def pil_to_array(img: Image.Image, size: int) -> np.ndarray:
+    """A PIL image as the networks see it: (size, size, 3) uint8 RGB, upright, centre-cropped."""
+    return center_crop(_to_rgb(ImageOps.exif_transpose(img) or img), size)
 
 
 @contextlib.contextmanager

@@ -1,14 +1,22 @@
 """Which class each input comes from and goes to: from the flags, the folder names or a manifest."""
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import List, Optional
 
 from .classes import resolve, resolve_list
 from .errors import UserError
-from .runner import Job
 
 FOLDER = "folder"
+
+
+@dataclass
+class Job:
+    """One input image: where it is, its source class and the classes to translate it to."""
+    rel: Path
+    class_A: Optional[int]
+    targets: List[Optional[int]]
 
 
 def _check_side(flag: str, value, num_classes: Optional[int]):
@@ -74,15 +82,16 @@ def _from_manifest(path: Path, rel_paths, classes_A, classes_B):
     return list(jobs.values()), skipped
 
 
-def plan_jobs(rel_paths, args, classes_A: Optional[int], classes_B: Optional[int],
-              classifier_classes: Optional[int] = None) -> tuple:
-    """Jobs for the inputs, and (path, reason) for inputs that cannot be planned."""
-    if args.manifest:
-        if args.class_A is not None or args.class_B is not None:
+def plan_jobs(rel_paths, class_A: Optional[str], class_B: Optional[str], manifest: Optional[str],
+              classes_A: Optional[int], classes_B: Optional[int], classifier_classes: Optional[int] = None) -> tuple:
+    """Jobs for the inputs (classes as typed: labels, names, ``folder``; or a manifest CSV), and
+    (path, reason) for inputs that cannot be planned."""
+    if manifest:
+        if class_A is not None or class_B is not None:
             raise UserError("--manifest gives the classes; drop --class_A/--class_B")
-        jobs, skipped = _from_manifest(Path(args.manifest), rel_paths, classes_A, classes_B)
+        jobs, skipped = _from_manifest(Path(manifest), rel_paths, classes_A, classes_B)
     else:
-        jobs, skipped = _from_flags(rel_paths, args.class_A, args.class_B, classes_A, classes_B)
+        jobs, skipped = _from_flags(rel_paths, class_A, class_B, classes_A, classes_B)
     if classifier_classes is not None:
         for job in jobs:
             bad = [t for t in job.targets if t is None or not 0 <= t < classifier_classes]
