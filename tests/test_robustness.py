@@ -278,7 +278,7 @@ def test_messy_folder_end_to_end(tiny_files, tmp_path, capsys):
 
 # --- numerics ----------------------------------------------------------------------------------------
 
-def test_same_bits_for_any_micro_batch_and_process_count(tiny_files, tmp_path):
+def test_deterministic_same_bits_for_any_micro_batch_and_process_count(tiny_files, tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
     for i in range(5):
@@ -291,7 +291,7 @@ def test_same_bits_for_any_micro_batch_and_process_count(tiny_files, tmp_path):
                                                                     "--mixed_precision", "no",
                                                                     "--dynamo_backend", "no"])]:
         cmd = [sys.executable, *launcher, str(ROOT / "sample_ddib.py"),
-               *_args(tiny_files, inp, tmp_path / tag, "--respace_steps", "4", *extra)]
+               *_args(tiny_files, inp, tmp_path / tag, "--respace_steps", "4", "--deterministic", *extra)]
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
         outputs[tag] = {p.name: p.read_bytes() for p in (tmp_path / tag).glob("*.png")}
