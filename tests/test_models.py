@@ -60,6 +60,6 @@ def test_config_builds_public_checkpoint(config, section, checkpoint):
 
 
 def test_256_unet_counts():
-    """The numbers the issue names, spelled out."""
+    """The parameter counts of the public checkpoints, spelled out."""
     ref = SHAPES["256x256_diffusion.pt"]
     assert ref["parameters"] == 553_838_086 and len(ref["state_dict"]) == 567

@@ -1,4 +1,4 @@
-"""Bad files, unusual images, bad arguments, interruption and numerics (issue: never crash, never lose work)."""
+"""Bad files, unusual images, bad arguments, interruption and numerics."""
 
 import contextlib
 import os

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,20 +30,13 @@ from models.fast import default_dtype, pick_micro_batch, prepare_for_inference  
 from tools.baselines import (COMPILE_PRESETS, autocast_context, compile_options,  # noqa: E402
                              convert_like_guided_diffusion_fp16)
 from models.unet import EncoderUNetModel, UNetModel  # noqa: E402
-from tools.faithfulness import psnr  # noqa: E402
+from utils import config as utils_config  # noqa: E402
+from utils.images import psnr  # noqa: E402
 
-# The digits-size model (16×16, 32 channels): small enough that even torch.compile finishes on a CPU.
-TINY_CONFIG = {
-    "model": dict(image_size=16, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
-                  attention_resolutions=[8], channel_mult=[1, 2, 2], num_classes=10, num_head_channels=32,
-                  use_scale_shift_norm=True, resblock_updown=True),
-    "diffusion": dict(total_steps=1000, beta_schedule="cosine"),
-    "classifier": dict(image_size=16, in_channels=3, model_channels=32, out_channels=10, num_res_blocks=1,
-                       attention_resolutions=[], channel_mult=[1, 2, 2], num_head_channels=32,
-                       use_scale_shift_norm=True, resblock_updown=True, pool="attention"),
-}
+TINY = "tiny"  # --config tiny: the digits model's config (configs/digits.yaml), random weights
+DIGITS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-# Dense bf16 tensor-core throughput measured on the card (the lead's H100/H200 runs): ~790 TFLOP/s.
+# Dense bf16 tensor-core throughput of the card (H100/H200): ~790 TFLOP/s.
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
 ALL_PATHS = ("eager_fp32", "eager_fp16_gd", "fast", "eager_bf16_autocast", "bf16_eager")
 # fast_<preset>: the fast path compiled with another of models.fast.COMPILE_PRESETS (opt-in).
@@ -54,7 +46,8 @@ TOTAL_INV, TOTAL_GEN = 99, 100  # UNet forwards of a 100+100-step DDIB translati
 
 
 def load_config(name: str) -> dict:
-    return copy.deepcopy(TINY_CONFIG) if name == "tiny" else yaml.safe_load(Path(name).read_text())
+    """A config through the library's validating loader; ``tiny`` is the digits model's."""
+    return utils_config.load_config(DIGITS_CONFIG if name == TINY else name)
 
 
 def sync(device) -> None:
@@ -282,7 +275,7 @@ def _f(v, digits=2):
 
 
 def markdown(meta: dict, results: list) -> str:
-    """The report: setup, speed table, accuracy table, and the targets of issue 4."""
+    """The report: setup, speed table, accuracy table, and the speed targets."""
     peak = meta.get("peak_tflops")
     lines = [f"## DDIB benchmark: {meta['config']} on {meta['device_name']}", "",
              f"torch {meta['torch']}; timed with {meta['steps']}+{meta['steps']} steps (best of {meta['repeats']}), per-forward time "
@@ -336,9 +329,9 @@ def markdown(meta: dict, results: list) -> str:
 
 
 def targets(results: list, meta: dict) -> str:
-    """Issue 4's targets, checked on the best batch size measured."""
+    """The speed targets, checked on the best batch size measured."""
     if not meta["device"].startswith("cuda"):
-        return "Targets (issue 4) are for one H100/H200; not judged on the CPU."
+        return "Speed targets are for one H100/H200; not judged on the CPU."
     fast = [r for r in results if is_fast(r["path"]) and "forward_s" in r]
     if not fast:
         return "Targets: fast path not measured."
@@ -349,7 +342,7 @@ def targets(results: list, meta: dict) -> str:
     checks = [("fast ≥ 2.5× eager fp16", *best("x_eager_fp16_gd"), 2.5),
               ("≥ 1.1 translations/s (100+100)", *best("translations_per_s"), 1.1),
               ("guided fast ≥ 2× eager fp16 guided", *best("x_eager_fp16_gd_guided"), 2.0)]
-    out = ["Targets (issue 4; they are meant for one H100/H200), best fast path and batch measured:"]
+    out = ["Speed targets (meant for one H100/H200), best fast path and batch measured:"]
     for name, value, where, bound in checks:
         verdict = "n/a" if value is None else ("PASS" if value >= bound else "FAIL")
         out.append(f"- {name}: {_f(value)} ({where}) → {verdict}")

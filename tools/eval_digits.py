@@ -17,45 +17,34 @@ import time
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffusions import alphas_cumprod, classifier_grad, ddim_invert, ddim_sample, eps_from_model, respace  # noqa: E402
-from models import EncoderUNetModel, UNetModel  # noqa: E402
+from diffusions import RESPACE_TYPES, SOLVERS  # noqa: E402
 from tools import digits_data  # noqa: E402
+from utils.images import psnr as psnr_one  # noqa: E402
+from utils.pipeline import DDIB  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-c", "--config", default="configs/digits.yaml")
-    p.add_argument("--weights", default="assets/digits_unet.pt")
-    p.add_argument("--classifier_weights", default="assets/digits_classifier.pt")
+    p.add_argument("-c", "--config", default="configs/digits.yaml", help="the digits model's config")
+    p.add_argument("--weights", default="assets/digits_unet.pt", help="the digits UNet's weights")
+    p.add_argument("--classifier_weights", default="assets/digits_classifier.pt",
+                   help="the noisy classifier for the guided rows ('' for none)")
     p.add_argument("--classifier_scale", type=float, nargs="+", default=[1.0],
                    help="scales of the guided rows (an unguided row is always added)")
-    p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100])
-    p.add_argument("--respace_type", default="uniform")
+    p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100], help="steps per half, one row each")
+    p.add_argument("--respace_type", default="uniform", choices=RESPACE_TYPES, help="timestep spacing")
+    p.add_argument("--solver", default="ddim", choices=sorted(SOLVERS), help="ODE solver of both halves")
     p.add_argument("--clip_x0", nargs="+", choices=["off", "on"], default=["off", "on"],
                    help="generate with the x0 prediction unclipped (the exact ODE) and/or clipped to [-1, 1]")
     p.add_argument("--per_class", type=int, default=1,
                    help="held-out sources per class A, each translated to all nine B != A")
     p.add_argument("--seed", type=int, default=0, help="seed of the source sample")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     return p.parse_args(argv)
-
-
-def load_models(cfg: dict, weights: str, classifier_weights, device):
-    """UNet (and classifier when given) from plain state_dicts, strict, in eval mode."""
-    model = UNetModel(**cfg["model"])
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model = model.to(device).eval()
-    clf = None
-    if classifier_weights:
-        clf = EncoderUNetModel(**cfg["classifier"])
-        clf.load_state_dict(torch.load(classifier_weights, map_location="cpu", weights_only=True))
-        clf = clf.to(device).eval()
-    return model, clf
 
 
 def fit_reference_classifier(data: dict):
@@ -78,26 +67,22 @@ def sample_sources(data: dict, per_class: int, seed: int):
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Per-image PSNR in dB of images in [-1, 1], measured on the [0, 1] scale."""
-    mse = (((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-    return (10 * torch.log10(1 / mse)).cpu().numpy()
+    """Per-image PSNR in dB of images in [-1, 1] (clipped, as a PNG stores them)."""
+    return np.array([psnr_one(x.clamp(-1, 1), y.clamp(-1, 1)) for x, y in zip(a, b)])
 
 
 class Translator:
-    """Batched DDIM inversion and generation with one class label per image."""
+    """Batched inversion and generation with one class label per image, through the library."""
 
-    def __init__(self, model, clf, ac, timesteps, clip_x0: bool):
-        self.model, self.clf, self.ac, self.ts, self.clip_x0 = model, clf, ac, timesteps, clip_x0
+    def __init__(self, ddib: DDIB, steps: int, clip_x0: bool):
+        self.ddib, self.steps, self.clip_x0 = ddib, steps, clip_x0
 
-    @torch.no_grad()
     def invert(self, x, y):
-        return ddim_invert(eps_from_model(self.model, y), x, self.ac, self.ts)
+        return self.ddib.invert(x, y.tolist(), steps=self.steps).to(x.device)
 
-    @torch.no_grad()
     def generate(self, z, y, scale: float):
-        grad_fn = classifier_grad(self.clf, y, scale) if scale else None
-        return ddim_sample(eps_from_model(self.model, y), z, self.ac, self.ts, clip_x0=self.clip_x0,
-                           grad_fn=grad_fn)
+        return self.ddib.generate(z, y.tolist(), output="tensor", steps=self.steps, clip_x0=self.clip_x0,
+                                  classifier_scale=scale).to(z.device)
 
 
 def pairs(src_labels: torch.Tensor):
@@ -130,27 +115,26 @@ def evaluate_setting(tr: Translator, x, a, latent, pos, b, scale, svc, sync):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = yaml.safe_load(open(args.config))
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    model, clf = load_models(cfg, args.weights, args.classifier_weights, device)
-    ac = alphas_cumprod(cfg["diffusion"]["beta_schedule"], cfg["diffusion"]["total_steps"])
+    ddib = DDIB.from_files(args.config, args.weights, args.classifier_weights or None, device=device,
+                           precision="no", compile=False, micro_batch=10_000, solver=args.solver,
+                           respace_type=args.respace_type, warn=print)
     data = digits_data.load()
     svc, svc_acc = fit_reference_classifier(data)
     idx = sample_sources(data, args.per_class, args.seed)
     x, a = data["images"][idx].to(device), data["labels"][idx].to(device)
     pos, b = pairs(a.cpu())
     pos, b = pos.to(device), b.to(device)
-    scales = [0.0] + ([s for s in args.classifier_scale if s] if clf is not None else [])
+    scales = [0.0] + ([s for s in args.classifier_scale if s] if args.classifier_weights else [])
     print(f"reference SVC accuracy on the {len(data['held_out'])} held-out real digits: {svc_acc:.1%}")
     print(f"{len(idx)} held-out sources ({args.per_class} per class, seed {args.seed}) x 9 targets = "
-          f"{len(pos)} translations per row; all 90 ordered pairs; respace {args.respace_type}; "
+          f"{len(pos)} translations per row; all 90 ordered pairs; solver {args.solver}, respace {args.respace_type}; "
           f"device {args.device}, {args.threads} threads\n")
     print("| steps | clip x0 | classifier scale | target acc | hue diff (deg) | A→B→A PSNR (dB) | A→A PSNR (dB) | s/img |")
     print("| ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for steps in args.steps:
-        ts = respace(args.respace_type, cfg["diffusion"]["total_steps"], steps)
-        tr = Translator(model, clf, ac, ts, clip_x0=False)
+        tr = Translator(ddib, steps, clip_x0=False)
         sync()
         start = time.time()
         latent = tr.invert(x, a)

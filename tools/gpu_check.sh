@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for issue 4: the README's digits demo through sample_ddib.py (default precision against
+# GPU check: the README's digits demo through sample_ddib.py (default precision against
 # float32), golden-fixture faithfulness of the fast path on CUDA, layer micro-benchmarks of the fused
 # upsampling and GroupNorm variants at the 256x256 UNet's shapes (tools/layer_bench.py), then the DDIB
 # speed benchmark of the 256x256 model. Run from the repo root with OUT set to a folder:

@@ -17,12 +17,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diffusions import alphas_cumprod  # noqa: E402
 from models import EncoderUNetModel, UNetModel  # noqa: E402
+from utils.config import load_config  # noqa: E402
 from tools import digits_data  # noqa: E402
 
 
@@ -43,11 +43,6 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--log_every", type=int, default=100)
     return p.parse_args(argv)
-
-
-def load_config(path: str) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)
 
 
 def recoloured_batch(data: dict, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
