@@ -115,3 +115,19 @@ def test_eta_noise_changes_output_and_is_reproducible(setup, golden_unet):
         deterministic = generate(golden_unet, d["latent"], d["class_B"], ac, ts)
     assert (a - deterministic).abs().max() > 0.01
     assert np.isfinite(a.numpy()).all()
+
+
+def test_eta_step_matches_the_analytic_sigma():
+    """One DDIM step with η: x' = √ᾱ'·x₀ + √(1 − ᾱ' − σ²)·ε + σ·z with
+    σ = η·√((1 − ᾱ')/(1 − ᾱ))·√(1 − ᾱ/ᾱ'), checked against a denoiser whose x₀ is known."""
+    from diffusions import sample_ddim
+
+    gen = torch.Generator().manual_seed(0)
+    x, x0, z = (torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    a, a_next, eta = 0.3, 0.7, 0.6
+    out = sample_ddim(lambda x_, t: x0, x, [(500, a), (300, a_next)], eta=eta, noise=lambda i: z)
+    eps = (x / a ** 0.5 - x0) / (1 / a - 1) ** 0.5
+    sigma = eta * ((1 - a_next) / (1 - a)) ** 0.5 * (1 - a / a_next) ** 0.5
+    expected = a_next ** 0.5 * x0 + (1 - a_next - sigma ** 2) ** 0.5 * eps + sigma * z
+    assert torch.allclose(out, expected, atol=1e-12)
+    assert not torch.allclose(out, sample_ddim(lambda x_, t: x0, x, [(500, a), (300, a_next)]), atol=1e-3)

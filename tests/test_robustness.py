@@ -328,6 +328,9 @@ def test_eta_noise_depends_on_path_not_batch():
     assert (together[1] - alone[0]).abs().max() < 1e-4
     other_seed, _ = _bridge(model, eta=1.0, seed=8).translate(x[1:2], paths[1:2])
     assert (other_seed[0] - alone[0]).abs().max() > 1e-2
+    # the same image under two names gets two noise streams: every image has its own
+    twins, _ = bridge.translate(x[:1].repeat(2, 1, 1, 1), [Path("x.png"), Path("y.png")])
+    assert (twins[0] - twins[1]).abs().max() > 1e-2
 
 
 class _Overflowing(ADMNetwork):

@@ -36,7 +36,7 @@ def _common(files, input_dir, save_dir):
 def test_end_to_end(tiny_files, input_dir, tmp_path):
     save = tmp_path / "out"
     r = run_script(*_common(tiny_files, input_dir, save), "--save_pairs",
-                   "--classifier_weights", tiny_files["classifier"], "--classifier_scale", 2)
+                   "--classifier_weights", tiny_files["classifier"], "--classifier_scale", 500)
     assert r.returncode == 0, r.stderr
     outputs = sorted(p.relative_to(save).as_posix() for p in save.rglob("*.png") if "_pairs" not in p.parts)
     assert outputs == ["one.png", "sub/three.png", "sub/two.png"]
@@ -51,6 +51,35 @@ def test_end_to_end(tiny_files, input_dir, tmp_path):
 
     again = run_script(*_common(tiny_files, input_dir, save))
     assert again.returncode == 0 and "skipping 3 input(s) whose output already exists" in again.stdout
+
+    # the guided output is the guided DDIB computed here from the library's parts, not an unguided one
+    # (the random classifier's gradients are tiny: scale 500 moves the image by tens of levels)
+    expected, unguided = _independent(tiny_files, input_dir / "sub" / "two.png", scale=500.0)
+    with Image.open(save / "sub" / "two.png") as img:
+        got = np.asarray(img).astype(int)
+    assert np.abs(got - expected).max() <= 1
+    assert np.abs(got - unguided).max() > 8
+
+
+def _independent(files, path, scale):
+    """DDIB 1 → 2 with 4 uniform steps, clipped, guided at ``scale`` and unguided, as uint8 HWC."""
+    import torch
+    import yaml
+
+    from diffusions import alphas_cumprod, generate, invert, respace
+    from models import EncoderUNetModel, UNetModel
+    from utils.images import load_image, to_tensor, to_uint8
+
+    cfg = yaml.safe_load(files["config"].read_text())
+    unet, clf = UNetModel(**cfg["model"]).eval(), EncoderUNetModel(**cfg["classifier"]).eval()
+    unet.load_state_dict(torch.load(files["weights"], weights_only=True))
+    clf.load_state_dict(torch.load(files["classifier"], weights_only=True))
+    ac, ts = alphas_cumprod("linear", 1000), respace("uniform", 1000, 4)
+    with torch.no_grad():
+        latent = invert(unet, to_tensor([load_image(path, 32)]), 1, ac, ts)
+        guided = generate(unet, latent, 2, ac, ts, classifier=clf, classifier_scale=scale)
+        plain = generate(unet, latent, 2, ac, ts)
+    return to_uint8(guided[0]).astype(int), to_uint8(plain[0]).astype(int)
 
 
 def test_help_explains_every_argument():

@@ -33,9 +33,10 @@ class Sampling:
     def check(self, total_steps: int) -> "Sampling":
         """Raise ValueError for settings that cannot run; returns self."""
         self.timesteps(total_steps)
+        solver = get_solver(self.solver)
         if not 0 <= self.eta:
             raise ValueError(f"eta must be 0 or more, got {self.eta}")
-        if self.eta > 0 and not get_solver(self.solver).stochastic:
+        if self.eta > 0 and not solver.stochastic:
             raise ValueError(f"eta > 0 needs a stochastic solver (ddim), not {self.solver!r}")
         return self
 
