@@ -22,9 +22,10 @@ VIRTUAL_TIME_MS = 5000  # page time the browser may spend loading before it dump
 
 
 def find_chromium():
-    """The Chromium binary: $CHROMIUM if set, else the first of the usual names on PATH, else None."""
+    """The Chromium binary: $CHROMIUM if set (None if that is not an executable), else the first of
+    the usual names on PATH, else None."""
     if os.environ.get("CHROMIUM"):
-        return os.environ["CHROMIUM"]
+        return shutil.which(os.environ["CHROMIUM"])
     return next((path for path in map(shutil.which, BROWSERS) if path), None)
 
 
