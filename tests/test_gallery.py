@@ -93,6 +93,8 @@ def test_every_link_reaches_its_file_and_names_are_escaped(tmp_path):
 
 def test_source_without_relative_path_gets_a_file_url(tmp_path, monkeypatch):
     save_dir, rows = make_run(tmp_path, ["x y.png"])
+    monkeypatch.chdir(tmp_path)
+    rows[0].source = os.path.join("in dir", "sub", "x y.png")  # relative to the working directory
 
     def no_relpath(path, start=None):
         raise ValueError("path is on mount 'D:', start on mount 'C:'")
@@ -105,6 +107,14 @@ def test_source_without_relative_path_gets_a_file_url(tmp_path, monkeypatch):
 
 def pages_of(save_dir: Path):
     return sorted(p.name for p in save_dir.glob("index*.html"))
+
+
+def test_source_relative_to_the_working_directory(tmp_path, monkeypatch):
+    save_dir, rows = make_run(tmp_path / "run", ["a b.png"])
+    monkeypatch.chdir(tmp_path / "run" / "in dir")
+    rows[0].source = os.path.join("sub", "a b.png")
+    page = write(save_dir, rows)
+    assert parse(page).imgs[0]["src"] == "../in%20dir/sub/a%20b.png"
 
 
 def test_pages_link_together_and_stale_pages_go(tmp_path):

@@ -8,6 +8,7 @@ page count, so every page stays small and writing stays linear in the number of 
 plain strings and numbers; this module knows nothing about models.
 """
 
+import functools
 import html
 import math
 import os
@@ -79,18 +80,27 @@ def url(path) -> str:
     """A link to a relative POSIX path or an absolute path, percent-encoded byte for byte, so that
     any file name (spaces, '#', '?', '%', non-UTF-8 bytes) reaches the same file."""
     path = os.fspath(path)
-    encoded = quote(os.fsencode(Path(path).as_posix()), safe="/")
+    encoded = quote(os.fsencode(path if os.sep == "/" else path.replace(os.sep, "/")), safe="/")
     if not os.path.isabs(path):
         return encoded
     return ("file://" if encoded.startswith("/") else "file:///") + encoded  # file:///C:/... on Windows
 
 
-def source_url(source, page_dir: str) -> str:
-    """The source image linked relative to the page, or as a file: URL where no relative path exists."""
+@functools.lru_cache(maxsize=4096)
+def _relative_folder(folder: str, page_dir: str):
+    """``folder`` relative to ``page_dir``, or None where there is no such path (another drive)."""
     try:
-        return url(os.path.relpath(os.path.abspath(source), page_dir))
-    except ValueError:  # another drive on Windows
-        return url(os.path.abspath(source))
+        return os.path.relpath(folder, page_dir)
+    except ValueError:
+        return None
+
+
+def source_url(source, page_dir: str) -> str:
+    """The source image linked relative to the page, or as a file: URL where no relative path exists.
+    The relative path is worked out once per folder: sources come a folder at a time."""
+    folder, name = os.path.split(os.path.abspath(source))
+    relative = _relative_folder(folder, page_dir)
+    return url(os.path.abspath(source) if relative is None else os.path.join(relative, name))
 
 
 def page_name(number: int) -> str:
