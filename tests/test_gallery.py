@@ -129,7 +129,8 @@ def test_pages_link_together_and_stale_pages_go(tmp_path):
         for rel, target in rels.items():
             assert (f'href="{target}" rel="{rel}"' in raw) == (target is not None)
         assert set(order) - {name} <= set(links.links)  # the page index reaches every other page
-        assert [img["src"].split("/")[-1] for img in links.imgs[::3]] == [f"{j}.png" for j in range(2 * i, min(5, 2 * i + 2))]
+        shown = [img["src"].split("/")[-1] for img in links.imgs[::3]]  # source, translation, round trip
+        assert shown == [f"{j}.png" for j in range(2 * i, min(5, 2 * i + 2))]
     (save_dir / "index-70.html").write_text("from an older run")
     (save_dir / "notes-index-9.html").write_text("not ours")
     write(save_dir, rows[:3], per_page=2)
@@ -180,12 +181,15 @@ def test_browser_loads_every_image(tmp_path):
             pytest.fail("CI needs Chromium for this test (.ci/run installs it)")
         pytest.skip("no Chromium (apt-get install chromium)")
     save_dir, rows = make_run(tmp_path, ODD_NAMES)
+    Image.new("RGB", (600, 400), (200, 30, 30)).save(tmp_path / "big.png")
+    rows.append(GalleryRow(source=str(tmp_path / "big.png"), label="big.png", outputs=[(rows[0].outputs[0][0], "8")]))
     rows.append(GalleryRow(source=str(tmp_path / "gone.png"), label="gone.png", outputs=[("gone.png", "8", None)]))
     page = write(save_dir, rows)
-    imgs = [img for img in _dom_imgs(dump_dom(page))]
-    assert len(imgs) == 5 * len(ODD_NAMES) + 2
-    assert [img["alt"] for img in imgs if "broken" in img.get("class", "")] == ["gone.png", "gone.png to 8"]
-    assert all("ok" in img.get("class", "").split() for img in imgs[:-2])
+    imgs = [img.get("class", "").split() for img in _dom_imgs(dump_dom(page))]
+    assert len(imgs) == 5 * len(ODD_NAMES) + 4
+    assert imgs[-2:] == [["broken"], ["broken"]]
+    assert imgs[-4:-2] == [["ok"], ["ok", "px"]]  # a photo shown smaller is smoothed, a small image crisp
+    assert all(classes == ["ok", "px"] for classes in imgs[:-4])
     shot = screenshot(page, tmp_path / "shot.png", 800, 600)
     with Image.open(shot) as img:
         assert img.size == (800, 600) and len(img.convert("RGB").getcolors(1 << 16) or range(999)) > 4

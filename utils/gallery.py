@@ -1,11 +1,11 @@
 """A static HTML gallery of a run: settings, counts, failures, then each source beside its translations.
 
 The pages open from disk in any browser, with no server and nothing fetched from the network: the
-style is inline and the only script is two attribute handlers that mark each image loaded or broken
-(broken ones get a red frame, and a test can check that every image on a page loaded). Large runs are
-split into pages of ``per_page`` rows with a navigation bar whose size grows with the logarithm of the
-page count, so every page stays small and writing stays linear in the number of rows. The caller gives
-plain strings and numbers; this module knows nothing about models.
+style is inline and a two-line script marks each image loaded or broken (broken ones get a red frame,
+and a test can check that every image on a page loaded) and enlarges small images with crisp pixels.
+Large runs are split into pages of ``per_page`` rows with a navigation bar whose size grows with the
+logarithm of the page count, so every page stays small and writing stays linear in the number of rows.
+The caller gives plain strings and numbers; this module knows nothing about models.
 """
 
 import functools
@@ -58,11 +58,15 @@ section{border-top:1px solid #ddd;padding:.5em 0}h2{font-size:14px;margin:0 0 .3
 .imgs{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
 figure{margin:0;text-align:center}figcaption{font-size:12px;max-width:192px;word-break:break-word}
 img{height:192px;width:auto;min-width:32px;max-width:384px;object-fit:contain;display:block;
-image-rendering:pixelated;background:#eee}
+background:#eee}img.px{image-rendering:pixelated}
 img.broken{width:192px;outline:3px solid #d00}
 .psnr{color:#555}
 """
-IMG_HANDLERS = "onload=\"this.classList.add('ok')\" onerror=\"this.classList.add('broken')\""
+# Marks each image when it loads or fails (images are lazy, so this listens on the document) and
+# enlarges small ones with crisp pixels: pixelated scaling would alias images shown smaller.
+SCRIPT = ("document.addEventListener('load',e=>{const i=e.target;if(i.tagName==='IMG'){i.classList.add('ok');"
+          "if(i.naturalHeight<i.height)i.classList.add('px')}},true);"
+          "document.addEventListener('error',e=>{if(e.target.tagName==='IMG')e.target.classList.add('broken')},true);")
 
 
 def text(s) -> str:
@@ -167,7 +171,7 @@ def failures_html(failures, limit: int) -> str:
 
 def figure(link: str, caption: str, alt: str) -> str:
     """One image, clickable to open at full size, with its caption."""
-    return (f'<figure><a href="{link}"><img src="{link}" alt="{alt}" loading="lazy" {IMG_HANDLERS}></a>'
+    return (f'<figure><a href="{link}"><img src="{link}" alt="{alt}" loading="lazy"></a>'
             f"<figcaption>{caption}</figcaption></figure>")
 
 
@@ -193,7 +197,8 @@ def row_html(row: GalleryRow, index: int, page_dir: str) -> str:
 def page_html(title: str, head: str, bar: str, body: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{title}</title><style>{CSS}</style></head>\n<body>{head}{bar}{body}{bar}</body></html>\n")
+            f"<title>{title}</title><style>{CSS}</style><script>{SCRIPT}</script></head>\n"
+            f"<body>{head}{bar}{body}{bar}</body></html>\n")
 
 
 def write_page(path: Path, content: str) -> None:
