@@ -91,6 +91,13 @@ def test_every_link_reaches_its_file_and_names_are_escaped(tmp_path):
         assert shown in text
 
 
+def test_a_colon_in_a_top_level_name_is_no_scheme(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "c:x.png")
+    page = write(tmp_path, [GalleryRow(source=str(tmp_path / "c:x.png"), label="c:x.png", outputs=[("c:x.png", "8")])])
+    assert {img["src"] for img in parse(page).imgs} == {"c%3Ax.png"}
+    assert os.path.isfile(resolve(page, "c%3Ax.png"))
+
+
 def test_source_without_relative_path_gets_a_file_url(tmp_path, monkeypatch):
     save_dir, rows = make_run(tmp_path, ["x y.png"])
     monkeypatch.chdir(tmp_path)

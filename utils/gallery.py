@@ -84,9 +84,10 @@ def url(path) -> str:
     """A link to a relative POSIX path or an absolute path, percent-encoded byte for byte, so that
     any file name (spaces, '#', '?', '%', non-UTF-8 bytes) reaches the same file."""
     path = os.fspath(path)
-    encoded = quote(os.fsencode(path if os.sep == "/" else path.replace(os.sep, "/")), safe="/")
+    posix = os.fsencode(path if os.sep == "/" else path.replace(os.sep, "/"))
     if not os.path.isabs(path):
-        return encoded
+        return quote(posix, safe="/")  # a ':' stays encoded, or "a:b.png" would read as a scheme
+    encoded = quote(posix, safe="/:")
     return ("file://" if encoded.startswith("/") else "file:///") + encoded  # file:///C:/... on Windows
 
 
@@ -104,7 +105,9 @@ def source_url(source, page_dir: str) -> str:
     The relative path is worked out once per folder: sources come a folder at a time."""
     folder, name = os.path.split(os.path.abspath(source))
     relative = _relative_folder(folder, page_dir)
-    return url(os.path.abspath(source) if relative is None else os.path.join(relative, name))
+    if relative is None:
+        return url(os.path.abspath(source))
+    return url(name if relative == os.curdir else os.path.join(relative, name))
 
 
 def page_name(number: int) -> str:
@@ -176,6 +179,7 @@ def figure(link: str, caption: str, alt: str) -> str:
 
 
 def psnr_text(psnr) -> str:
+    """The cycle PSNR under a translation, where it was measured."""
     return "" if psnr is None else f'<br><span class="psnr">cycle PSNR {psnr:.2f} dB</span>'
 
 
