@@ -95,7 +95,8 @@ def run(args) -> int:
     with tqdm(total=len(mine), unit="img", dynamic_ncols=True, disable=not accelerator.is_main_process,
               desc="translating" + (f" (process 0 of {world})" if world > 1 else "")) as bar:
         result = translate_folder(ddib.bridge, mine, Path(args.input_dir), plan.layout, opts, progress=bar)
-    counts, problems, cycle_rows = [result.translated, result.skipped, result.failed], result.problems, result.cycle_rows
+    counts = [result.translated, result.skipped, result.failed, result.files_written]
+    problems, cycle_rows = result.problems, result.cycle_rows
     if world > 1 and not result.interrupted:
         accelerator.wait_for_everyone()
         counts = accelerator.reduce(torch.tensor(counts, device=accelerator.device), reduction="sum").tolist()
@@ -103,29 +104,40 @@ def run(args) -> int:
     if accelerator.is_main_process:
         counts[1] += len(plan.unplanned)
         problems = problems + [(rel.as_posix(), f"skipped: {reason}") for rel, reason in plan.unplanned]
-    _report(accelerator.is_main_process, result, world, rank, Path(args.save_dir), counts, problems, cycle_rows,
-            time.time() - start, ddib.compiled)
+    _report(args, ddib, plan, accelerator.is_main_process, result, world, rank, counts, problems, cycle_rows,
+            time.time() - start)
     if result.interrupted:
         raise KeyboardInterrupt
     return 1 if counts[2] else 0
 
 
-def _report(main_process, result, world, rank, save_dir, counts, problems, cycle_rows, elapsed, compiled):
-    """failures.csv, cycle.csv and the summary line (one process's own files when interrupted)."""
-    from utils.folder import write_reports
+def _report(args, ddib, plan, main_process, result, world, rank, counts, problems, cycle_rows, elapsed):
+    """failures.csv, cycle.csv, the gallery and the summary (one process's own files when interrupted)."""
+    from utils.classes import display_name
+    from utils.folder import gallery_rows, run_settings, write_reports
+    from utils.gallery import write_gallery
 
-    cycle = ""
+    save_dir, cycle = Path(args.save_dir), ""
     if main_process or result.interrupted:
         own = world == 1 or not result.interrupted
         where, cycle = write_reports(save_dir, problems, cycle_rows, "" if own else f"-process{rank}")
         if where:
             print(f"{len(problems)} problem(s) listed in {where}", file=sys.stderr)
-    if main_process:
-        translated, skipped, failed = (int(v) for v in counts)
-        print(f"translated {translated}, skipped {skipped}, failed {failed}, elapsed {elapsed:.1f}s, "
-              f"{translated / max(elapsed, 1e-9):.2f} images/s{cycle}", flush=True)
-        if compiled:
-            print(f"the first batch took {result.first_batch_s:.1f}s (compiling included)", flush=True)
+    if not main_process:
+        return
+    translated, skipped, failed, files = (int(v) for v in counts)
+    name_A, name_B = (lambda c, n=net.num_classes: display_name(c, n) for net in (ddib.bridge.model_A, ddib.bridge.model_B))
+    settings = run_settings(plan, ddib.bridge.sampling, ddib.precision, name_A, name_B,
+                            models=args.weights + (f" → {args.weights_B}" if args.weights_B else ""),
+                            guided=args.classifier_weights is not None)
+    gallery = write_gallery(save_dir, settings, gallery_rows(plan, Path(args.input_dir), cycle_rows, name_B),
+                            problems, {"translated": translated, "skipped": skipped, "failed": failed,
+                                       "already done": len(plan.jobs) - len(plan.todo)}, elapsed)
+    print(f"translated {translated}, skipped {skipped}, failed {failed}, already done {len(plan.jobs) - len(plan.todo)};"
+          f" {files} files written in {elapsed:.1f}s, {translated / max(elapsed, 1e-9):.2f} images/s{cycle}\n"
+          f"outputs in {save_dir}/, gallery {gallery}", flush=True)
+    if ddib.compiled:
+        print(f"the first batch took {result.first_batch_s:.1f}s (compiling included)", flush=True)
 
 
 def main(argv=None) -> int:

@@ -354,8 +354,8 @@ def parse_args(argv=None):
     cuda = torch.cuda.is_available()
     p.add_argument("--config", default="configs/256x256_diffusion.yaml" if cuda else "tiny",
                    help="a YAML config (model/classifier sections) or 'tiny' (digits-size, CPU default)")
-    p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--batch_sizes", default="16,64" if cuda else "8")
+    p.add_argument("--device", default="cuda" if cuda else "cpu", help="device to time on (default: cuda when available)")
+    p.add_argument("--batch_sizes", default="16,64" if cuda else "8", help="comma list of batch sizes to time")
     p.add_argument("--paths", default=",".join(ALL_PATHS) if cuda else
                    "eager_fp32,eager_bf16_autocast,bf16_eager,fast",
                    help=f"comma list of {', '.join(ALL_PATHS)} (fp16 is skipped by default on the CPU: "
@@ -369,17 +369,17 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None if cuda else 1,
                    help="torch CPU threads (default 1 on the CPU: on a shared 2-core box more threads "
                         "oversubscribe and the timings swing 10x)")
-    p.add_argument("--classifier_scale", type=float, default=1.0)
+    p.add_argument("--classifier_scale", type=float, default=1.0, help="guidance scale of the guided runs")
     p.add_argument("--time_budget", type=float, default=300.0,
                    help="seconds; jobs that would start after this are skipped (and reported)")
     p.add_argument("--compile_reserve", type=float, default=150.0 if cuda else 200.0,
                    help="seconds the first compiled job needs (later ones: 1.2 × the measured compile); "
                         "it is skipped if less budget is left")
-    p.add_argument("--no_cudnn_benchmark", action="store_true")
+    p.add_argument("--no_cudnn_benchmark", action="store_true", help="leave cudnn.benchmark off (the tool turns it on)")
     p.add_argument("--probe_micro_batch", action="store_true", help="also run pick_micro_batch")
     p.add_argument("--profile", default="",
                    help="comma list of paths whose UNet forward is also profiled (time by kernel family)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     p.add_argument("--out", help="directory for benchmark.json and benchmark.md")
     args = p.parse_args(argv)
     if args.fast_dtype is None:

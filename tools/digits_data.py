@@ -151,6 +151,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Export held-out demo digits as PNG files.")
     parser.add_argument("--export", default="assets/digits", help="output folder")
-    parser.add_argument("--per_class", type=int, default=3)
+    parser.add_argument("--per_class", type=int, default=3, help="held-out digits exported per class")
     args = parser.parse_args()
     export_demo(args.export, args.per_class)

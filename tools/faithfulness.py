@@ -120,7 +120,7 @@ def compare_png_dirs(ref_dir, other_dir) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device to run on (default: cuda when available)")
     p.add_argument("--dtypes", default="bf16,fp16", help="comma list of bf16, fp16, fp32")
     p.add_argument("--compile", action="store_true", help="also check the torch.compile'd fast path")
     p.add_argument("--png_dirs", nargs=2, metavar=("REF", "OTHER"),

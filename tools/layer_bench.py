@@ -178,12 +178,12 @@ def run(args) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cuda = torch.cuda.is_available()
-    p.add_argument("--config", default="configs/256x256_diffusion.yaml" if cuda else "configs/digits.yaml")
-    p.add_argument("--batch", type=int, default=32 if cuda else 4)
-    p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--dtype", choices=list(DTYPES), default="bf16" if cuda else "fp32")
+    p.add_argument("--config", default="configs/256x256_diffusion.yaml" if cuda else "configs/digits.yaml", help="model config whose layer shapes are timed")
+    p.add_argument("--batch", type=int, default=32 if cuda else 4, help="batch size")
+    p.add_argument("--device", default="cuda" if cuda else "cpu", help="device to time on")
+    p.add_argument("--dtype", choices=list(DTYPES), default="bf16" if cuda else "fp32", help="activation and weight dtype")
     p.add_argument("--parts", default="upsample,groupnorm", help="comma list of upsample, groupnorm")
-    p.add_argument("--repeats", type=int, default=20 if cuda else 3)
+    p.add_argument("--repeats", type=int, default=20 if cuda else 3, help="timed repeats per layer (median reported)")
     p.add_argument("--time_budget", type=float, default=90.0,
                    help="seconds in all (upsampling gets the first quarter); larger shapes go first")
     p.add_argument("--out", help="write the results as JSON here")

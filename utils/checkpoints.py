@@ -62,6 +62,32 @@ def _listing(names, limit=3):
     return f"{len(names)} ({shown}{', …' if len(names) > limit else ''})"
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _fitting_configs_hint(state: dict, model: torch.nn.Module) -> str:
+    """Which shipped config builds exactly these keys and shapes (built on the meta device, so even the
+    512x512 model costs no memory), to point a user who passed the wrong -c at the right one."""
+    from models import EncoderUNetModel, UNetModel
+
+    from .config import load_config
+
+    part = "classifier" if isinstance(model, EncoderUNetModel) else "model"
+    fits = []
+    for path in sorted(SHIPPED_CONFIGS.glob("*.yaml")):
+        try:
+            section = load_config(path)[part]
+            with torch.device("meta"):
+                own = (EncoderUNetModel if part == "classifier" else UNetModel)(**section).state_dict()
+        except (UserError, TypeError, ValueError):
+            continue
+        if own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own):
+            fits.append(f"configs/{path.name}")
+    if fits:
+        return f"these weights fit {' and '.join(fits)}: check -c (or --config_B)"
+    return "no config in configs/ fits them either: check that -c (or --config_B) belongs to these weights"
+
+
 def load_weights(model: torch.nn.Module, path, what: str = "model") -> None:
     """Load ``path`` into ``model`` strictly; a mismatch names the first differing keys and counts them."""
     path = Path(path)
@@ -78,7 +104,7 @@ def load_weights(model: torch.nn.Module, path, what: str = "model") -> None:
                  f"unexpected {_listing(unexpected)}" if unexpected else "",
                  f"mis-shaped (checkpoint vs config) {_listing(shaped, 2)}" if shaped else ""]
         raise UserError(f"{what} weights {path} do not match the config: "
-                        + "; ".join(p for p in parts if p))
+                        + "; ".join(p for p in parts if p) + "; " + _fitting_configs_hint(state, model))
     model.load_state_dict(state, strict=True)
 
 

@@ -1,6 +1,7 @@
 """Class labels from what a user types: an index, an ImageNet WordNet id, or a name."""
 
 import difflib
+import functools
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +13,7 @@ IMAGENET_CLASSES = 1000
 
 
 @lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def imagenet_classes() -> list:
     """[(wnid, [name, synonym, …]), …] in class-index order, the order the checkpoints were trained in."""
     classes = []
@@ -27,8 +29,11 @@ def describe(index: int) -> str:
 
 
 def search(query: str, limit: int = 20) -> list:
-    """Indices of classes whose id or names contain ``query`` (case-insensitive), then close spellings."""
+    """Indices of classes whose id or names contain ``query`` (case-insensitive), then close spellings;
+    an index (``292``) finds that class."""
     q = query.strip().lower()
+    if q.isdigit():
+        return [int(q)] if int(q) < len(imagenet_classes()) else []
     hits = [i for i, (wnid, names) in enumerate(imagenet_classes())
             if q == wnid.lower() or any(q in n.lower() for n in names)]
     if not hits:
@@ -70,3 +75,12 @@ def resolve_list(text, num_classes) -> list:
     if not parts:
         raise UserError("empty class list")
     return list(dict.fromkeys(resolve(p, num_classes) for p in parts))
+
+
+def display_name(label, num_classes) -> str:
+    """A label as a person reads it: ``292 tiger`` for ImageNet models, the number otherwise, '' for none."""
+    if label is None:
+        return ""
+    if num_classes == len(imagenet_classes()):
+        return f"{label} {imagenet_classes()[label][1][0]}"
+    return str(label)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from diffusions import RESPACE_TYPES, SOLVERS
 
+from .argparser import ArgumentParser
 from .errors import UserError
 
 DEFAULT_RESPACE_STEPS = 100
@@ -25,7 +26,9 @@ def _micro_batch(value: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The flags; ``--save-pairs`` works as ``--save_pairs``, abbreviations are refused, and an unknown
+    flag is one error line with the closest known one."""
+    p = ArgumentParser(
         prog="sample_ddib.py",
         description="Translate a folder of class-A images to class B with a Dual Diffusion Implicit Bridge: "
                     "DDIM inversion conditioned on class A, then DDIM generation conditioned on class B.",
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep each image's DDIM latent as SAVE_DIR/<path>.pt, for --from_latents")
     p.add_argument("--from_latents", metavar="DIR",
                    help="generate from the latents a --save_latents run left in DIR instead of inverting again")
-    p.add_argument("--list_classes", metavar="QUERY", help="print the ImageNet classes matching QUERY and exit")
+    p.add_argument("--list_classes", metavar="QUERY",
+                   help="print the ImageNet classes matching QUERY (a name, a WordNet id or an index) and exit")
     p.add_argument("--mixed_precision", choices=("auto", "no", "fp16", "bf16"), default="auto",
                    help="the networks' precision, weights cast once. auto (default): fp16/bf16 if accelerate "
                         "launch was given one, else bf16 on a GPU (fp16 where bf16 is unsupported) and float32 "

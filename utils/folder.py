@@ -49,6 +49,7 @@ class FolderResult:
     failed: int = 0
     problems: List[Problem] = field(default_factory=list)
     cycle_rows: List[CycleRow] = field(default_factory=list)
+    files_written: int = 0  # translations, previews, grids and latents
     interrupted: bool = False
     first_batch_s: float = 0.0  # includes warm-up and any compiling
 
@@ -110,6 +111,7 @@ def _latents(bridge, batch, layout, opts, result):
         for i, job, _ in kept:
             save_latent(layout.latent(job.rel), latents[i], job.class_A, ts, bridge.alphas_cumprod,
                         bridge.sampling.solver)
+            result.files_written += 1
     return kept, latents
 
 
@@ -137,12 +139,14 @@ def _process_batch(bridge, chunk, input_dir, layout, opts, result):
             if opts.save_pairs:
                 save_png(side_by_side(src, arr), layout.output(job.rel, target, under=PAIRS_DIR))
             save_png(arr, layout.output(job.rel, target))  # last: an existing output is a complete one
+            result.files_written += 1 + opts.save_pairs
     for _, job, src in kept:
         done = [t for t in job.targets if (job.rel, t) in images]
         if pending[job.rel] and all((job.rel, t) in images for t in pending[job.rel]):
             result.translated += 1
         if opts.save_grid and done:
             save_png(side_by_side(src, *(images[(job.rel, t)] for t in done)), layout.grid(job.rel))
+            result.files_written += 1
 
 
 def _cycle(bridge, part, out, ok, result):
@@ -201,3 +205,33 @@ def plan_folder(input_dir, save_dir, class_A, class_B, manifest, cfg_A: dict, cf
     layout = Layout(Path(save_dir), output_names([job.rel for job in jobs]), grouped=len(all_targets(jobs)) > 1,
                     overwrite=overwrite)
     return Plan(jobs, unplanned, layout, [job for job in jobs if layout.pending(job)])
+
+
+def gallery_rows(plan: Plan, input_dir: Path, cycle_rows, class_name) -> list:
+    """One gallery row per input with at least one finished translation (this run's or an earlier
+    one's), captioned with ``class_name(label)`` and this run's cycle PSNR where there is one."""
+    from .gallery import GalleryRow, Translation
+
+    psnrs = {(r.path, r.class_B): r.cycle_psnr_db for r in map(CycleRow._make, cycle_rows)}
+    rows = []
+    for job in plan.jobs:
+        outputs = [Translation(plan.layout.output(job.rel, t).relative_to(plan.layout.save_dir).as_posix(),
+                               class_name(t), psnrs.get((job.rel.as_posix(), t)))
+                   for t in job.targets if plan.layout.output(job.rel, t).is_file()]
+        if outputs:
+            rows.append(GalleryRow(str(Path(input_dir) / job.rel), job.rel.as_posix(), class_name(job.class_A),
+                                   outputs))
+    return rows
+
+
+def run_settings(plan: Plan, sampling, precision: str, name_A, name_B, models: str, guided: bool) -> dict:
+    """A run's settings as a person reads them (the gallery's header): classes by name."""
+    pairs = sorted({f"{name_A(j.class_A) or '-'} → " + ", ".join(name_B(t) or "-" for t in j.targets)
+                    for j in plan.jobs})
+    classes = "; ".join(pairs[:5]) + (f"; … ({len(pairs)} in all)" if len(pairs) > 5 else "")
+    return {"model": models, "classes": classes,
+            "steps": f"{sampling.steps} per half ({sampling.respace_type}, {sampling.solver})",
+            "clip x0": "on" if sampling.clip_x0 else "off",
+            "guidance": f"classifier, scale {sampling.classifier_scale:g}" if guided else "none",
+            "eta": f"{sampling.eta:g}" + (f" (seed {sampling.seed})" if sampling.eta else ""),
+            "precision": precision}
