@@ -55,7 +55,7 @@ def run(args) -> int:
 
     from utils.folder import Options, translate_folder
     from utils.images import remove_temporaries
-    from utils.pipeline import DDIB
+    from utils.pipeline import DDIB, launch_precision
 
     accelerator = Accelerator(mixed_precision=None if args.mixed_precision == "auto" else args.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -74,11 +74,10 @@ def run(args) -> int:
                   "(--overwrite redoes them)", flush=True)
     accelerator.wait_for_everyone()  # the start barrier: no process writes before the clean-up
     mine = plan.todo[rank::world]
-    launched = accelerator.mixed_precision if accelerator.mixed_precision in ("fp16", "bf16") else "auto"
     ddib = DDIB.from_files(
         cfg_A, args.weights, args.classifier_weights, config_B=cfg_B if args.config_B else None,
         weights_B=args.weights_B, device=accelerator.device,
-        precision=launched if args.mixed_precision == "auto" else args.mixed_precision, compile=args.compile,
+        precision=launch_precision(args.mixed_precision, accelerator.mixed_precision), compile=args.compile,
         micro_batch=args.micro_batch, deterministic=args.deterministic, workload=len(mine), warn=warn,
         steps=args.respace_steps, respace_type=args.respace_type, solver=args.solver, eta=args.eta,
         clip_x0=args.clip_x0, seed=args.seed,

@@ -109,7 +109,10 @@ def test_mixed_precision_auto_and_explicit(tiny_files, input_dir, tmp_path, monk
     """auto: float32 on the CPU, 16 bits on a GPU or as accelerate launch says; an explicit value wins."""
     import torch
 
-    from utils.pipeline import network_dtype
+    from utils.pipeline import launch_precision, network_dtype
+
+    assert launch_precision("auto", "bf16") == "bf16" and launch_precision("auto", "no") == "auto"
+    assert launch_precision("no", "fp16") == "no"  # an explicit flag wins over the launcher
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert network_dtype("auto", cpu) is None

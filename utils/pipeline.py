@@ -46,6 +46,11 @@ def network_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]
     return dtype
 
 
+def launch_precision(flag: str, launched: str) -> str:
+    """``--mixed_precision auto`` takes a 16-bit setting given to ``accelerate launch``; an explicit flag wins."""
+    return launched if flag == "auto" and launched in ("fp16", "bf16") else flag
+
+
 def choose_compile(compile: Union[str, bool], device: torch.device, workload: Optional[int]) -> bool:
     """torch.compile pays back its minutes of compiling only over many images on a GPU."""
     if compile == "auto":
