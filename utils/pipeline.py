@@ -124,6 +124,8 @@ class DDIB:
         if device.type == "cuda":  # static shapes: let cuDNN time its algorithms once per shape, as benchmarked
             torch.backends.cudnn.benchmark = True
         workers = 0
+        if deterministic and device.type != "cpu":
+            warn("deterministic mode is for the CPU; on a GPU results may still differ in the last bits by batch")
         if deterministic and device.type == "cpu":
             workers = torch.get_num_threads()
             torch.set_num_threads(1)
