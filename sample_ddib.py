@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils.errors import UserError
+from utils.errors import UserError, printable
 
 
 def _interrupt_on_sigterm():
@@ -64,11 +64,11 @@ def run(args) -> int:
     def warn(msg):
         tqdm.write(f"{prefix}warning: {msg}", file=sys.stderr)
 
+    _claim_save_dir(args, cfg_A, cfg_B, plan, accelerator)  # held until main() returns
     if accelerator.is_main_process:
-        if Path(args.save_dir).is_dir():
-            remove_temporaries(args.save_dir)
+        remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out of this folder
         for rel, reason in plan.unplanned:
-            warn(f"skipping {rel.as_posix()}: {reason}")
+            warn(f"skipping {printable(rel.as_posix())}: {reason}")
         if len(plan.todo) < len(plan.jobs):
             print(f"skipping {len(plan.jobs) - len(plan.todo)} input(s) whose output already exists "
                   "(--overwrite redoes them)", flush=True)
@@ -107,7 +107,34 @@ def run(args) -> int:
             time.time() - start, ddib.compiled)
     if result.interrupted:
         raise KeyboardInterrupt
+    if result.stopped:
+        print(f"error: stopped early: {result.stopped}; free space and rerun the same command to finish the rest",
+              file=sys.stderr)
+        return 1
     return 1 if counts[2] else 0
+
+
+def _claim_save_dir(args, cfg_A, cfg_B, plan, accelerator):
+    """Before any model loads: the save folder locked for this run (so it is writable), and its
+    recorded settings matching ours. The main process checks; every process stops on its verdict."""
+    from utils.lock import SaveFolderLock
+    from utils.settings import check_and_record, run_settings
+
+    error = None
+    if accelerator.is_main_process:
+        try:
+            _HELD.append(SaveFolderLock(args.save_dir))
+            check_and_record(args.save_dir, run_settings(args, cfg_A, cfg_B, plan), args.overwrite)
+        except UserError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        error = broadcast_object_list([error])[0]
+    if error:
+        raise UserError(error)
+
+
+_HELD = []  # save-folder locks of the run in progress, released when main() returns
 
 
 def _report(main_process, result, world, rank, save_dir, counts, problems, cycle_rows, elapsed, compiled):
@@ -117,9 +144,13 @@ def _report(main_process, result, world, rank, save_dir, counts, problems, cycle
     cycle = ""
     if main_process or result.interrupted:
         own = world == 1 or not result.interrupted
-        where, cycle = write_reports(save_dir, problems, cycle_rows, "" if own else f"-process{rank}")
+        try:
+            where, cycle = write_reports(save_dir, problems, cycle_rows, "" if own else f"-process{rank}")
+        except OSError as e:  # a full disk: the summary below still tells the counts
+            where = None
+            print(f"error: cannot write the reports in {printable(str(save_dir))}: {e.strerror or e}", file=sys.stderr)
         if where:
-            print(f"{len(problems)} problem(s) listed in {where}", file=sys.stderr)
+            print(f"{len(problems)} problem(s) listed in {printable(str(where))}", file=sys.stderr)
     if main_process:
         translated, skipped, failed = (int(v) for v in counts)
         print(f"translated {translated}, skipped {skipped}, failed {failed}, elapsed {elapsed:.1f}s, "
@@ -138,12 +169,15 @@ def main(argv=None) -> int:
             return list_classes(args.list_classes)
         return run(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished outputs are written; rerun the same command to finish the rest",
               file=sys.stderr)
         return 130
+    finally:
+        while _HELD:
+            _HELD.pop().release()
 
 
 if __name__ == "__main__":
