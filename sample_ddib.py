@@ -8,6 +8,7 @@ The work is done by the library: ``utils.pipeline.DDIB`` (models, precision, bat
 ``utils.folder`` (the folder loop); this script parses arguments and wires them together.
 """
 
+import os
 import signal
 import sys
 import time
@@ -159,21 +160,75 @@ def _report(main_process, result, world, rank, save_dir, counts, problems, cycle
             print(f"the first batch took {result.first_batch_s:.1f}s (compiling included)", flush=True)
 
 
-def main(argv=None) -> int:
-    from utils.cli import build_parser
-
-    args = build_parser().parse_args(argv)
-    _interrupt_on_sigterm()
+def _launched_rank() -> int:
+    """This process's rank under ``accelerate launch`` (0 when run directly): only rank 0 reports a
+    usage error, so several processes print it once."""
     try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _follow_launcher():
+    """Under a launcher, a worker gets SIGTERM when the launcher dies (SIGTERM or SIGKILL to it), so no
+    worker is left running alone (Linux; elsewhere the launcher's own clean-up is all there is)."""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the launcher died before we asked
+            os.kill(os.getpid(), signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _import_libraries():
+    """Import the heavy libraries with Ctrl-C and SIGTERM held back: a signal that lands inside an import
+    leaves a module half made (numpy then fails on every later import). A held signal becomes an
+    interruption, exit 130, once the imports are done (about a second)."""
+    held = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, f: held.append(s))
+    try:
+        import accelerate  # noqa: F401
+        import torch  # noqa: F401
+        import tqdm  # noqa: F401
+
+        import utils.cli  # noqa: F401
+        import utils.folder  # noqa: F401
+        import utils.pipeline  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _interrupt_on_sigterm()
+    if held:
+        raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    _interrupt_on_sigterm()  # first: a signal while the libraries import is an interruption too
+    quiet = _launched_rank() != 0
+    try:
+        _follow_launcher()
+        _import_libraries()
+        from utils.cli import build_parser
+
+        parser = build_parser()
+        if quiet:  # argparse prints its own errors: once is enough
+            parser.exit = lambda status=0, message=None: sys.exit(status)
+        args = parser.parse_args(argv)
         if args.list_classes is not None:
             return list_classes(args.list_classes)
         return run(args)
     except UserError as e:
-        print(f"error: {printable(str(e))}", file=sys.stderr)
+        if not quiet:
+            print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished outputs are written; rerun the same command to finish the rest",
-              file=sys.stderr)
+        if not quiet:
+            print("interrupted: finished outputs are written; rerun the same command to finish the rest",
+                  file=sys.stderr)
         return 130
     finally:
         while _HELD:

@@ -21,7 +21,7 @@ def write_or_fail(result, bridge, rel, path, fn, *args) -> bool:
         return True
     except OSError as e:
         reason = f"cannot write {printable(str(path))}: {e.strerror or type(e).__name__}"
+        result.problem(bridge, rel, "failed", reason)
         if e.errno in FATAL_ERRNOS:
             raise RunStopped(reason) from None
-        result.problem(bridge, rel, "failed", reason)
         return False
