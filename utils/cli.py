@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also translate every result back to class A and report the cycle PSNR per image "
                         "(SAVE_DIR/cycle.csv) and on average")
     p.add_argument("--save_latents", action="store_true",
-                   help="keep each image's DDIM latent as SAVE_DIR/<path>.pt, for --from_latents")
+                   help="keep each image's DDIM latent as SAVE_DIR/_latents/<path>.pt, for --from_latents")
     p.add_argument("--from_latents", metavar="DIR",
                    help="generate from the latents a --save_latents run left in DIR instead of inverting again")
     p.add_argument("--list_classes", metavar="QUERY", help="print the ImageNet classes matching QUERY and exit")
