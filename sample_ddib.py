@@ -216,7 +216,7 @@ def main(argv=None) -> int:
 
         parser = build_parser()
         if quiet:  # argparse prints its own errors: once is enough
-            parser.exit = lambda status=0, message=None: sys.exit(status)
+            parser.error = lambda message: sys.exit(2)
         args = parser.parse_args(argv)
         if args.list_classes is not None:
             return list_classes(args.list_classes)

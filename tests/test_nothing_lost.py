@@ -351,3 +351,14 @@ def test_two_processes_print_a_usage_error_once(tiny_files, one, tmp_path):
     assert r.returncode != 0
     assert r.stderr.count("error: --class_B") == 1, r.stderr
     assert "sample_ddib.py\", line" not in r.stderr  # no traceback through our code
+
+
+def test_only_the_first_process_reports_a_usage_error(tiny_files, one, tmp_path):
+    argv = [sys.executable, str(ROOT / "sample_ddib.py"), *_args(tiny_files, one, tmp_path / "o"), "--class_B", "9999"]
+    for rank, lines in (("0", 1), ("1", 0)):
+        env = {**os.environ, "RANK": rank, "LOCAL_RANK": rank}
+        r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 2 and r.stderr.count("\n") == lines, r.stderr
+    r = subprocess.run(argv[:2] + ["--respace_stepz", "3"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "RANK": "1", "LOCAL_RANK": "1"})
+    assert r.returncode == 2 and r.stderr == ""
