@@ -65,6 +65,8 @@ def run(args) -> int:
     def warn(msg):
         tqdm.write(f"{prefix}warning: {msg}", file=sys.stderr)
 
+    from utils.pipeline import network_dtype
+    network_dtype(launched_precision(args, accelerator), accelerator.device)  # a usage error before any write
     _claim_save_dir(args, cfg_A, cfg_B, plan, accelerator)  # held until main() returns
     if accelerator.is_main_process:
         remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out of this folder
@@ -113,6 +115,12 @@ def run(args) -> int:
               file=sys.stderr)
         return 1
     return 1 if counts[2] else 0
+
+
+def launched_precision(args, accelerator) -> str:
+    """--mixed_precision, where ``auto`` takes what ``accelerate launch`` was given."""
+    launched = accelerator.mixed_precision if accelerator.mixed_precision in ("fp16", "bf16") else "auto"
+    return launched if args.mixed_precision == "auto" else args.mixed_precision
 
 
 def _claim_save_dir(args, cfg_A, cfg_B, plan, accelerator):
