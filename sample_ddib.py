@@ -8,19 +8,11 @@ The work is done by the library: ``utils.pipeline.DDIB`` (models, precision, bat
 ``utils.folder`` (the folder loop); this script parses arguments and wires them together.
 """
 
-import signal
 import sys
 import time
 from pathlib import Path
 
-from utils.errors import UserError
-
-
-def _interrupt_on_sigterm():
-    """SIGTERM stops the run like Ctrl-C: what is finished is already written."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
+from utils.errors import UserError, printable
 
 
 def list_classes(query: str) -> int:
@@ -55,7 +47,8 @@ def run(args) -> int:
 
     from utils.folder import Options, translate_folder
     from utils.images import remove_temporaries
-    from utils.pipeline import DDIB, launch_precision
+    from utils.launch import claim_save_dir
+    from utils.pipeline import DDIB, launch_precision, network_dtype
 
     accelerator = Accelerator(mixed_precision=None if args.mixed_precision == "auto" else args.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -64,11 +57,12 @@ def run(args) -> int:
     def warn(msg):
         tqdm.write(f"{prefix}warning: {msg}", file=sys.stderr)
 
+    network_dtype(launch_precision(args.mixed_precision, accelerator.mixed_precision), accelerator.device)
+    claim_save_dir(args, cfg_A, cfg_B, plan, accelerator)  # before any model loads; held until main() returns
     if accelerator.is_main_process:
-        if Path(args.save_dir).is_dir():
-            remove_temporaries(args.save_dir)
+        remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out of this folder
         for rel, reason in plan.unplanned:
-            warn(f"skipping {rel.as_posix()}: {reason}")
+            warn(f"skipping {printable(rel.as_posix())}: {reason}")
         if len(plan.todo) < len(plan.jobs):
             print(f"skipping {len(plan.jobs) - len(plan.todo)} input(s) whose output already exists "
                   "(--overwrite redoes them)", flush=True)
@@ -107,26 +101,34 @@ def run(args) -> int:
             time.time() - start)
     if result.interrupted:
         raise KeyboardInterrupt
+    if result.stopped:
+        print(f"error: stopped early: {result.stopped}; free space and rerun the same command to finish the rest",
+              file=sys.stderr)
+        return 1
     return 1 if counts[2] else 0
 
 
 def _report(args, ddib, plan, main_process, result, world, rank, counts, problems, cycle_rows, elapsed):
     """failures.csv, cycle.csv, the gallery and the summary (one process's own files when interrupted)."""
     from utils.classes import display_name
-    from utils.folder import gallery_rows, run_settings, write_reports
+    from utils.folder import display_settings, gallery_rows, write_reports
     from utils.gallery import write_gallery
 
     save_dir, cycle = Path(args.save_dir), ""
     if main_process or result.interrupted:
         own = world == 1 or not result.interrupted
-        where, cycle = write_reports(save_dir, problems, cycle_rows, "" if own else f"-process{rank}")
+        try:
+            where, cycle = write_reports(save_dir, problems, cycle_rows, "" if own else f"-process{rank}")
+        except OSError as e:  # a full disk: the summary below still tells the counts
+            where = None
+            print(f"error: cannot write the reports in {printable(str(save_dir))}: {e.strerror or e}", file=sys.stderr)
         if where:
-            print(f"{len(problems)} problem(s) listed in {where}", file=sys.stderr)
+            print(f"{len(problems)} problem(s) listed in {printable(str(where))}", file=sys.stderr)
     if not main_process:
         return
     translated, skipped, failed, files = (int(v) for v in counts)
     name_A, name_B = (lambda c, n=net.num_classes: display_name(c, n) for net in (ddib.bridge.model_A, ddib.bridge.model_B))
-    settings = run_settings(plan, ddib.bridge.sampling, ddib.precision, name_A, name_B,
+    settings = display_settings(plan, ddib.bridge.sampling, ddib.precision, name_A, name_B,
                             models=args.weights + (f" → {args.weights_B}" if args.weights_B else ""),
                             guided=args.classifier_weights is not None)
     gallery = write_gallery(save_dir, settings, gallery_rows(plan, Path(args.input_dir), cycle_rows, name_B),
@@ -140,21 +142,34 @@ def _report(args, ddib, plan, main_process, result, world, rank, counts, problem
 
 
 def main(argv=None) -> int:
-    from utils.cli import build_parser
+    from utils.launch import HELD, follow_launcher, import_libraries, interrupt_on_sigterm, launched_rank
 
-    args = build_parser().parse_args(argv)
-    _interrupt_on_sigterm()
+    interrupt_on_sigterm()  # first: a signal while the libraries import is an interruption too
+    quiet = launched_rank() != 0
     try:
+        follow_launcher()
+        import_libraries()
+        from utils.cli import build_parser
+
+        parser = build_parser()
+        if quiet:  # argparse prints its own errors: once is enough
+            parser.error = lambda message: sys.exit(2)
+        args = parser.parse_args(argv)
         if args.list_classes is not None:
             return list_classes(args.list_classes)
         return run(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not quiet:
+            print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished outputs are written; rerun the same command to finish the rest",
-              file=sys.stderr)
+        if not quiet:
+            print("interrupted: finished outputs are written; rerun the same command to finish the rest",
+                  file=sys.stderr)
         return 130
+    finally:
+        while HELD:
+            HELD.pop().release()
 
 
 if __name__ == "__main__":

@@ -195,7 +195,7 @@ def test_latents_round_trip(tmp_path, capsys):
     inp = _images(tmp_path / "in", n=2)
     common = ["-c", cfg, "--weights", w, "--input_dir", inp, "--class_A", 1, "--respace_steps", 3]
     assert _run(*common, "--save_dir", tmp_path / "first", "--class_B", 2, "--save_latents") == 0
-    saved = torch.load(tmp_path / "first" / "0.pt", weights_only=True)
+    saved = torch.load(tmp_path / "first" / "_latents" / "0.pt", weights_only=True)
     assert saved["latent"].shape == (3, SIZE, SIZE) and saved["class_A"] == 1
     assert _run(*common, "--save_dir", tmp_path / "direct", "--class_B", 5) == 0
 

@@ -47,7 +47,7 @@ def test_summary_counts_files_and_agrees_with_rerun(tiny_files, tmp_path, capsys
     assert "micro-batch 8" in text  # what auto chose, said
     assert "translated 3, skipped 0, failed 0, already done 0; 12 files written" in text  # 3 × 2 × (output + pair)
     assert f"outputs in {out}/, gallery {out / 'index.html'}" in text
-    assert sample_ddib.main(_args(tiny_files, inp, out, "--class_B", "2,3")) == 0
+    assert sample_ddib.main(_args(tiny_files, inp, out, "--class_B", "2,3", "--save_pairs")) == 0
     text = capsys.readouterr().out
     assert "skipping 3 input(s) whose output already exists" in text
     assert "translated 0, skipped 0, failed 0, already done 3; 0 files written" in text

@@ -168,7 +168,7 @@ def test_bad_arguments(tiny_files, one_image, tmp_path, capsys):
         (_args(tiny_files, one_image, out, "--respace_steps", "5000"), "above the schedule's total_steps"),
         (_args(tiny_files, one_image, out, "--class_B", "two"), "names are known for the 1000 ImageNet classes only"),
         (_args(tiny_files, one_image, out, "--classifier_scale", "2"), "needs --classifier_weights"),
-        (_args(tiny_files, one_image, out, "--eta", "-1"), "--eta must be 0 or more"),
+        (_args(tiny_files, one_image, out, "--eta", "-1"), "--eta must be between 0 and 1"),
         (["-c", str(tmp_path / "nope.yaml")] + _args(tiny_files, one_image, out)[2:], "file not found"),
         (_args(tiny_files, one_image, out)[:2] + ["--weights", str(tmp_path / "nope.pt")]
          + _args(tiny_files, one_image, out)[4:], "file not found"),

@@ -49,8 +49,11 @@ def test_end_to_end(tiny_files, input_dir, tmp_path):
     assert "translated 3, skipped 1, failed 0" in r.stdout
     assert "broken.jpg" in (save / "failures.csv").read_text()
 
-    again = run_script(*_common(tiny_files, input_dir, save))
+    again = run_script(*_common(tiny_files, input_dir, save), "--save_pairs",
+                       "--classifier_weights", tiny_files["classifier"], "--classifier_scale", 500)
     assert again.returncode == 0 and "skipping 3 input(s) whose output already exists" in again.stdout
+    other = run_script(*_common(tiny_files, input_dir, save))  # other settings: refused, not skipped
+    assert other.returncode == 2 and "--classifier_scale 500.0 → 0.0" in other.stderr
 
     # the guided output is the guided DDIB computed here from the library's parts, not an unguided one
     # (the random classifier's gradients are tiny: scale 500 moves the image by tens of levels)

@@ -5,6 +5,7 @@ The guards split a batch that runs out of memory, redo in float32 what came out 
 non-finite image.
 """
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
@@ -34,8 +35,10 @@ class Sampling:
         """Raise ValueError for settings that cannot run; returns self."""
         self.timesteps(total_steps)
         solver = get_solver(self.solver)
-        if not 0 <= self.eta:
-            raise ValueError(f"eta must be 0 or more, got {self.eta}")
+        if not 0 <= self.eta <= 1:  # also refuses nan
+            raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
+        if not math.isfinite(self.classifier_scale):
+            raise ValueError(f"classifier_scale must be a finite number, got {self.classifier_scale}")
         if self.eta > 0 and not solver.stochastic:
             raise ValueError(f"eta > 0 needs a stochastic solver (ddim), not {self.solver!r}")
         return self

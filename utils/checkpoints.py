@@ -28,8 +28,9 @@ def _read(path: Path):
         first = str(e).strip().splitlines()[0] if str(e).strip() else "not a weights-only file"
         raise UserError(f"refusing to load {path}: it needs code to unpickle ({first}); only plain tensors "
                         "are loaded (torch.load weights_only=True)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"cannot read checkpoint {path}: {' '.join(str(e).split())[:200]}") from None
+    except Exception as e:  # a damaged file fails anywhere in torch's reader (IndexError, KeyError, …)
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({reason[:200]})") from None
 
 
 def _is_state_dict(obj) -> bool:
@@ -99,13 +100,21 @@ def load_weights(model: torch.nn.Module, path, what: str = "model") -> None:
     unexpected = [k for k in state if k not in own]
     shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in state and state[k].shape != own[k].shape]
+    wrong = [f"{k} ({state[k].dtype})" for k in own if k in state and own[k].is_floating_point()
+             and not (state[k].is_floating_point() and not state[k].is_complex())]
+    if wrong and not (missing or unexpected or shaped):
+        raise UserError(f"{what} weights {path} are not floating point: {_listing(wrong, 2)}; "
+                        "weights must be float32, float16 or bfloat16")
     if missing or unexpected or shaped:
         parts = [f"missing {_listing(missing)}" if missing else "",
                  f"unexpected {_listing(unexpected)}" if unexpected else "",
                  f"mis-shaped (checkpoint vs config) {_listing(shaped, 2)}" if shaped else ""]
         raise UserError(f"{what} weights {path} do not match the config: "
                         + "; ".join(p for p in parts if p) + "; " + _fitting_configs_hint(state, model))
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # tensors whose storage was damaged inside an intact archive
+        raise UserError(f"cannot load {what} weights {path}: {' '.join(str(e).split())[:200]}") from None
 
 
 def load_network(cfg: dict, weights, part: str = "model", what: Optional[str] = None, device="cpu"):

@@ -1,6 +1,7 @@
 """Command-line arguments of sample_ddib.py and the checks that need no model."""
 
 import argparse
+import math
 from pathlib import Path
 
 from diffusions import RESPACE_TYPES, SOLVERS
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also translate every result back to class A and report the cycle PSNR per image "
                         "(SAVE_DIR/cycle.csv) and on average")
     p.add_argument("--save_latents", action="store_true",
-                   help="keep each image's DDIM latent as SAVE_DIR/<path>.pt, for --from_latents")
+                   help="keep each image's DDIM latent as SAVE_DIR/_latents/<path>.pt, for --from_latents")
     p.add_argument("--from_latents", metavar="DIR",
                    help="generate from the latents a --save_latents run left in DIR instead of inverting again")
     p.add_argument("--list_classes", metavar="QUERY",
@@ -134,6 +135,15 @@ def check_paths(args) -> None:
         raise UserError(f"--from_latents: not a folder: {args.from_latents}")
 
 
+def check_finite(args) -> None:
+    """η is a fraction of the DDPM noise (above 1 the update takes the root of a negative number);
+    scales must be finite numbers."""
+    if not 0 <= args.eta <= 1:  # also refuses nan
+        raise UserError(f"--eta must be between 0 and 1, got {args.eta}")
+    if args.classifier_scale is not None and not math.isfinite(args.classifier_scale):
+        raise UserError(f"--classifier_scale must be a finite number, got {args.classifier_scale}")
+
+
 def check_numbers(args, cfg_A, cfg_B) -> None:
     """Checks of steps, guidance and eta against the configs (class labels: see utils.jobs)."""
     total = cfg_A["diffusion"]["total_steps"]
@@ -146,8 +156,7 @@ def check_numbers(args, cfg_A, cfg_B) -> None:
             raise UserError("--classifier_weights given but the target model's config has no 'classifier' section")
         if cfg_B["model"].get("num_classes") is None and args.class_B is None:
             raise UserError("classifier guidance needs --class_B")
-    if args.eta < 0:
-        raise UserError(f"--eta must be 0 or more, got {args.eta}")
+    check_finite(args)
     if args.eta > 0 and not SOLVERS[args.solver].stochastic:
         raise UserError(f"--eta > 0 needs --solver ddim; the {args.solver} solver is deterministic")
     if args.from_latents is not None and args.save_latents:

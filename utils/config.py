@@ -7,6 +7,7 @@ Omitted keys take the constructors' defaults; unknown keys and wrong types are e
 """
 
 import difflib
+import math
 from pathlib import Path
 
 import yaml
@@ -15,7 +16,7 @@ from diffusions.schedules import BETA_SCHEDULES
 from models import FAMILIES, EncoderUNetModel
 from models.network import constructor_params
 
-from .errors import UserError
+from .errors import UserError, printable
 
 DIFFUSION_DEFAULTS = {"total_steps": 1000, "beta_schedule": "linear"}
 SECTIONS = ("family", "model", "diffusion", "classifier")
@@ -48,6 +49,24 @@ _TYPES = {  # parameters whose default does not say their type
 }
 
 
+# sizes that must be positive (others, such as num_head_channels, use -1 for "unset")
+_POSITIVE = ("image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "num_heads",
+             "total_steps", "channel_mult", "attention_resolutions", "num_classes")
+
+
+def _check_ranges(name: str, values: dict) -> None:
+    """Refuse sizes that would build a nonsense network (or fail deep inside a constructor)."""
+    for key in _POSITIVE:
+        value = values.get(key)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if value is not None and not all(isinstance(v, (int, float)) and v > 0 for v in items):
+            raise UserError(f"config key '{name}.{key}' must be positive, got {printable(repr(value), 80)}")
+    if "channel_mult" in values and not values["channel_mult"]:
+        raise UserError(f"config key '{name}.channel_mult' must list at least one multiplier")
+    if "dropout" in values and not 0 <= values["dropout"] < 1:
+        raise UserError(f"config key '{name}.dropout' must be in [0, 1), got {values['dropout']!r}")
+
+
 def _check_section(name: str, values, params: dict, required=("image_size",)) -> dict:
     """Validate one section against ``params``, its allowed keys and their defaults."""
     if values is None:
@@ -75,8 +94,22 @@ def _check_section(name: str, values, params: dict, required=("image_size",)) ->
             ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         if not ok:
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise UserError(f"config key '{name}.{key}' must be {want}, got {value!r}")
+            raise UserError(f"config key '{name}.{key}' must be {want}, got {printable(repr(value), 80)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"config key '{name}.{key}' must be finite, got {value!r}")
+    _check_ranges(name, values)
     return dict(values)
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: a config needs none, and aliases nest into bombs."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def load_config(path) -> dict:
@@ -85,9 +118,11 @@ def load_config(path) -> dict:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_bytes(), Loader=_PlainLoader)  # bytes: YAML's own UTF-8/16 BOM detection
     except yaml.YAMLError as e:
-        raise UserError(f"config {path} is not valid YAML: {' '.join(str(e).split())}") from None
+        raise UserError(f"config {path} is not valid YAML: {printable(' '.join(str(e).split()), 300)}") from None
+    except (OSError, RecursionError) as e:
+        raise UserError(f"cannot read config {path}: {printable(str(e), 200)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"config {path} must be a YAML mapping with sections {', '.join(SECTIONS)}")
     unknown = [k for k in raw if k not in SECTIONS]
@@ -120,9 +155,27 @@ def load_config(path) -> dict:
     return cfg
 
 
+MAX_PARAMETERS = 4_000_000_000  # the largest guided-diffusion UNet has 0.56 billion
+
+
 def build_network(build, kwargs: dict, what: str):
-    """Construct a network with ``build(kwargs)``, turning constructor complaints into a config error."""
+    """Construct a network with ``build(kwargs)``, turning constructor complaints into a config error.
+    It is first built on the meta device (no memory), so a config describing a network too large to
+    hold is refused before anything is allocated."""
+    import torch
+
+    def complain(e):
+        return UserError(f"config section '{what}' does not describe a valid network: "
+                         f"{printable(' '.join(str(e).split()) or type(e).__name__, 200)}")
+    try:
+        with torch.device("meta"):
+            size = sum(p.numel() for p in build(kwargs).parameters())
+    except Exception as e:  # constructors fail in many ways on nonsense sizes
+        raise complain(e) from None
+    if size > MAX_PARAMETERS:
+        raise UserError(f"config section '{what}' describes a network of {size:,} parameters, above the "
+                        f"limit of {MAX_PARAMETERS:,}: check its sizes")
     try:
         return build(kwargs)
-    except (ValueError, TypeError, ZeroDivisionError) as e:
-        raise UserError(f"config section '{what}' does not describe a valid network: {e}") from None
+    except Exception as e:
+        raise complain(e) from None

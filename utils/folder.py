@@ -14,6 +14,8 @@ from typing import List, NamedTuple, Optional
 import torch
 
 from .bridge import Bridge
+from .errors import printable
+from .writes import RunStopped, write_or_fail
 from .images import ImageReadError, load_image, psnr, save_png, side_by_side, to_tensor, to_uint8
 from .outputs import PAIRS_DIR, Layout, load_latent, save_latent, write_csv
 
@@ -51,10 +53,11 @@ class FolderResult:
     cycle_rows: List[CycleRow] = field(default_factory=list)
     files_written: int = 0  # translations, previews, grids and latents
     interrupted: bool = False
+    stopped: str = ""  # why the run stopped early (a full disk): the summary and reports still follow
     first_batch_s: float = 0.0  # includes warm-up and any compiling
 
     def problem(self, bridge, rel, kind: str, reason: str):
-        bridge.warn(f"{'skipping' if kind == 'skipped' else 'failed'} {rel.as_posix()}: {reason}")
+        bridge.warn(f"{'skipping' if kind == 'skipped' else 'failed'} {printable(rel.as_posix())}: {reason}")
         setattr(self, kind, getattr(self, kind) + 1)
         self.problems.append(Problem(rel.as_posix(), f"{kind}: {reason}"))
 
@@ -75,6 +78,8 @@ def translate_folder(bridge: Bridge, jobs: list, input_dir: Path, layout: Layout
                 progress.update(len(chunk))
     except KeyboardInterrupt:
         result.interrupted = True
+    except RunStopped as e:
+        result.stopped = str(e)
     return result
 
 
@@ -109,9 +114,9 @@ def _latents(bridge, batch, layout, opts, result):
             result.problem(bridge, job.rel, "failed", "the inversion is not finite (NaN or inf)")
     if opts.save_latents and opts.from_latents is None:
         for i, job, _ in kept:
-            save_latent(layout.latent(job.rel), latents[i], job.class_A, ts, bridge.alphas_cumprod,
-                        bridge.sampling.solver)
-            result.files_written += 1
+            path = layout.latent(job.rel)
+            write_or_fail(result, bridge, job.rel, path, save_latent, path, latents[i], job.class_A, ts,
+                          bridge.alphas_cumprod, bridge.sampling.solver)
     return kept, latents
 
 
@@ -135,18 +140,19 @@ def _process_batch(bridge, chunk, input_dir, layout, opts, result):
                 result.problem(bridge, job.rel, "failed", f"the translation to class {target} is not finite")
                 continue
             arr = to_uint8(image)
-            images[(job.rel, target)] = arr
-            if opts.save_pairs:
-                save_png(side_by_side(src, arr), layout.output(job.rel, target, under=PAIRS_DIR))
-            save_png(arr, layout.output(job.rel, target))  # last: an existing output is a complete one
-            result.files_written += 1 + opts.save_pairs
+            pair, path = layout.output(job.rel, target, under=PAIRS_DIR), layout.output(job.rel, target)
+            if opts.save_pairs and not write_or_fail(result, bridge, job.rel, pair, save_png, side_by_side(src, arr),
+                                                     pair):
+                continue
+            if write_or_fail(result, bridge, job.rel, path, save_png, arr, path):  # last: an existing output
+                images[(job.rel, target)] = arr                                      # is a complete one
     for _, job, src in kept:
         done = [t for t in job.targets if (job.rel, t) in images]
         if pending[job.rel] and all((job.rel, t) in images for t in pending[job.rel]):
             result.translated += 1
         if opts.save_grid and done:
-            save_png(side_by_side(src, *(images[(job.rel, t)] for t in done)), layout.grid(job.rel))
-            result.files_written += 1
+            write_or_fail(result, bridge, job.rel, layout.grid(job.rel), save_png,
+                          side_by_side(src, *(images[(job.rel, t)] for t in done)), layout.grid(job.rel))
 
 
 def _cycle(bridge, part, out, ok, result):
@@ -195,13 +201,15 @@ def plan_folder(input_dir, save_dir, class_A, class_B, manifest, cfg_A: dict, cf
     from .jobs import all_targets, plan_jobs
     from .outputs import output_names
 
-    rel_paths = scan_images(input_dir)
+    unreadable = []
+    rel_paths = scan_images(input_dir, exclude=save_dir, unreadable=unreadable)
     if not rel_paths:
         raise UserError(f"--input_dir: no image files found under {input_dir} "
                         f"(looked for {' '.join(sorted(IMAGE_EXTENSIONS))})")
     jobs, unplanned = plan_jobs(rel_paths, class_A, class_B, manifest, cfg_A["model"].get("num_classes"),
                                 cfg_B["model"].get("num_classes"),
                                 cfg_B["classifier"].get("out_channels", 1000) if guided else None)
+    unplanned = unreadable + unplanned
     layout = Layout(Path(save_dir), output_names([job.rel for job in jobs]), grouped=len(all_targets(jobs)) > 1,
                     overwrite=overwrite)
     return Plan(jobs, unplanned, layout, [job for job in jobs if layout.pending(job)])
@@ -224,7 +232,7 @@ def gallery_rows(plan: Plan, input_dir: Path, cycle_rows, class_name) -> list:
     return rows
 
 
-def run_settings(plan: Plan, sampling, precision: str, name_A, name_B, models: str, guided: bool) -> dict:
+def display_settings(plan: Plan, sampling, precision: str, name_A, name_B, models: str, guided: bool) -> dict:
     """A run's settings as a person reads them (the gallery's header): classes by name."""
     pairs = sorted({f"{name_A(j.class_A) or '-'} → " + ", ".join(name_B(t) or "-" for t in j.targets)
                     for j in plan.jobs})

@@ -32,13 +32,27 @@ class ImageReadError(Exception):
     """An input file that cannot be used; the message is the reason."""
 
 
-def scan_images(root) -> list:
-    """Relative paths of all image files under ``root``, sorted, following symlinks but not loops."""
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def scan_images(root, exclude=None, unreadable=None) -> list:
+    """Relative paths of all image files under ``root``, sorted, following symlinks but not loops, and
+    not links into ``exclude`` (the save folder: earlier outputs are no inputs). Folders that cannot be
+    read are appended to ``unreadable`` as (relative path, reason) when a list is given."""
     root = Path(root)
+    exclude = os.path.realpath(exclude) if exclude is not None else None
     found, seen_dirs = [], set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def failed(err: OSError):
+        if unreadable is not None:
+            where = Path(err.filename or root)
+            rel = where.relative_to(root) if where != root and root in where.parents else where
+            unreadable.append((rel, f"folder not readable ({err.strerror or type(err).__name__})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=failed):
         real = os.path.realpath(dirpath)
-        if real in seen_dirs:
+        if real in seen_dirs or (exclude is not None and _inside(real, exclude)):
             dirnames[:] = []
             continue
         seen_dirs.add(real)
@@ -46,6 +60,8 @@ def scan_images(root) -> list:
         for name in filenames:
             path = Path(dirpath) / name
             if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                if exclude is not None and _inside(os.path.realpath(path), exclude):
+                    continue
                 found.append(path.relative_to(root))
     return sorted(found, key=lambda p: p.as_posix())
 
@@ -64,15 +80,27 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+RESIZED_LIMIT = 4  # the bicubic resize makes at most this many times size² pixels; beyond, only the crop
+
+
 def center_crop(img: Image.Image, size: int) -> np.ndarray:
-    """Short side to ``size`` and a centred square crop, as guided-diffusion's ``center_crop_arr``."""
+    """Short side to ``size`` and a centred square crop, as guided-diffusion's ``center_crop_arr``.
+    An image so elongated that the resized whole would exceed ``RESIZED_LIMIT`` × size² pixels (a
+    1×1,000,000 strip would become gigabytes) is resized only where the crop falls: the same
+    sampling positions, so memory stays bounded by the decoded image plus size² pixels."""
     while min(img.size) >= 2 * size:
         img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
     scale = size / min(img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
-    arr = np.asarray(img)
-    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-    return arr[top:top + size, left:left + size]
+    full = tuple(round(x * scale) for x in img.size)
+    if full[0] * full[1] <= RESIZED_LIMIT * size * size:
+        img = img.resize(full, resample=Image.BICUBIC)
+        arr = np.asarray(img)
+        top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+        return arr[top:top + size, left:left + size]
+    sx, sy = img.size[0] / full[0], img.size[1] / full[1]  # source pixels per output pixel, as resize uses
+    top, left = (full[1] - size) // 2, (full[0] - size) // 2
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return np.asarray(img.resize((size, size), resample=Image.BICUBIC, box=box))
 
 
 def load_image(path, size: int) -> np.ndarray:
@@ -130,7 +158,8 @@ def atomic_path(path):
     ``path``, so a file appears under its final name only once complete. On failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    # a short name of its own: the final name may already be at the file system's length limit
+    fd, tmp = tempfile.mkstemp(prefix=".ddib-", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -172,5 +201,6 @@ def side_by_side(*arrays: np.ndarray) -> np.ndarray:
 def image_seed(seed: int, rel_path) -> int:
     """A 63-bit seed from the run's seed and an image's relative path: its noise then does not depend
     on batching, ordering or the number of processes."""
-    digest = hashlib.sha256(f"{seed}:{Path(rel_path).as_posix()}".encode()).digest()
+    # surrogateescape: a file name that is not UTF-8 seeds from its bytes (UTF-8 names are unchanged)
+    digest = hashlib.sha256(f"{seed}:{Path(rel_path).as_posix()}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

@@ -6,7 +6,7 @@ from pathlib import Path, PurePosixPath
 from typing import List, Optional
 
 from .classes import resolve, resolve_list
-from .errors import UserError
+from .errors import UserError, printable
 
 FOLDER = "folder"
 
@@ -56,6 +56,17 @@ def _from_flags(rel_paths, class_A, class_B, classes_A, classes_B):
 
 
 def _from_manifest(path: Path, rel_paths, classes_A, classes_B):
+    try:
+        return _read_manifest(path, rel_paths, classes_A, classes_B)
+    except UnicodeDecodeError as e:
+        raise UserError(f"--manifest {path}: not UTF-8 text (byte {e.start}); save it as UTF-8 CSV") from None
+    except csv.Error as e:
+        raise UserError(f"--manifest {path}: not a readable CSV ({printable(str(e), 120)})") from None
+    except OSError as e:
+        raise UserError(f"--manifest {path}: cannot read it ({e.strerror or e})") from None
+
+
+def _read_manifest(path: Path, rel_paths, classes_A, classes_B):
     known = {rel.as_posix(): rel for rel in rel_paths}
     jobs, skipped = {}, []
     with open(path, newline="", encoding="utf-8-sig") as f:

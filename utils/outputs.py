@@ -1,8 +1,10 @@
 """Where a run writes: output names, the save folder's layout, the latent file format and CSV reports."""
 
 import csv
+import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import List, Optional
 
 import torch
@@ -11,21 +13,87 @@ from .images import atomic_path
 
 PAIRS_DIR = "_pairs"  # side-by-side previews live here, apart from the one-to-one outputs
 GRIDS_DIR = "_grids"
+LATENTS_DIR = "_latents"  # latents apart from the images: no output folder can share a latent's name
+
+
+RESERVED_TOP = re.compile(r"_.*|(failures|cycle)(-process[0-9]+)?\.csv|index(-[0-9]+)?\.html", re.IGNORECASE | re.DOTALL)
+NAME_MAX = 255  # bytes per path component on the usual file systems
+
+
+def _escape_top(rel: PurePath) -> PurePath:
+    """Input folders named like something the tool writes at the top of the save folder (``_pairs``,
+    ``failures.csv``, any name starting with ``_``) get one more leading ``_``. This is injective and
+    its results never equal a tool-written name: escaped names start with ``_`` but are never
+    ``_pairs``, ``_grids``, ``_latents`` or ``_ddib`` (those would come from unescaped ``pairs`` etc.)."""
+    first = rel.parts[0]
+    if len(rel.parts) > 1 and RESERVED_TOP.fullmatch(first):
+        return PurePath("_" + first, *rel.parts[1:])
+    if len(rel.parts) == 1 and first.startswith("_"):
+        return PurePath("_" + first)
+    return rel
+
+
+def _fit(stem: str, tail: str) -> str:
+    """``stem + tail`` cut (in bytes, from the end of ``stem``) to the file system's name limit."""
+    room = NAME_MAX - len(os.fsencode(tail))
+    raw = os.fsencode(stem)
+    return (os.fsdecode(raw[:room]) if len(raw) > room else stem) + tail
+
+
+def _candidates(rel: PurePath):
+    """Names to try for one input, best first: ``a.png``, then ``a.jpg.png``, then ``a.jpg~2.png``, …"""
+    name = rel.name
+    stem, suffix = (name[:-len(rel.suffix)], rel.suffix) if rel.suffix else (name, "")
+    yield rel.with_name(_fit(stem, ".png"))
+    yield rel.with_name(_fit(name, ".png"))
+    k = 2
+    while True:
+        yield rel.with_name(_fit(stem, f"{suffix}~{k}.png"))
+        k += 1
+
+
+def latent_name(name: PurePath) -> PurePath:
+    """``x.png`` → ``x.pt``: output names all end in ``.png``, so this is injective."""
+    return name.with_name(name.name[:-len(".png")] + ".pt")
+
+
+def _key(path: PurePath) -> str:
+    return path.as_posix().lower()  # a case-insensitive save folder must not merge two outputs
 
 
 def output_names(rel_paths) -> dict:
-    """Map each input's relative path to its output's (suffix .png).
+    """Map each input's relative path to its output's: a relative path ending in ``.png``.
 
-    Inputs that would collide (``a.jpg`` and ``a.png``) keep their own suffix in the name
-    (``a.jpg.png``, ``a.png.png``) so that neither overwrites the other.
+    The map is injective by construction: every name is checked against the names already given,
+    the folders the outputs need, and the latent file each name implies (``_latents/<stem>.pt``),
+    all compared case-insensitively; a taken name moves on to the next candidate. Inputs whose plain
+    name (``a.jpg`` → ``a.png``) no other input wants get it; the others keep their suffix
+    (``a.jpg.png``) or, if that too is taken, a counter (``a.jpg~2.png``). Names stay within the
+    file system's 255-byte limit. Tool-written names cannot be hit either (see ``_escape_top``).
     """
-    plain = {rel: rel.with_suffix(".png") for rel in rel_paths}
-    counts = {}
-    for out in plain.values():
-        key = out.as_posix().lower()
-        counts[key] = counts.get(key, 0) + 1
-    return {rel: (out if counts[out.as_posix().lower()] == 1 else rel.with_name(rel.name + ".png"))
-            for rel, out in plain.items()}
+    rel_paths = list(rel_paths)
+    escaped = {rel: _escape_top(PurePath(rel)) for rel in rel_paths}
+    dirs = {_key(parent) for e in escaped.values() for parent in e.parents if parent != PurePath(".")}
+    taken = set()
+
+    def free(c: PurePath) -> bool:
+        return _key(c) not in taken and _key(c) not in dirs and _key(latent_name(c)) not in dirs
+
+    wanted = {}
+    for e in escaped.values():
+        plain = _key(next(_candidates(e)))
+        wanted[plain] = wanted.get(plain, 0) + 1
+    names = {}
+    for rel in sorted(rel_paths, key=lambda r: PurePath(r).as_posix()):  # sole claimants of a plain name first
+        plain = next(_candidates(escaped[rel]))
+        if wanted[_key(plain)] == 1 and free(plain):
+            names[rel] = plain
+            taken.add(_key(plain))
+    for rel in sorted(rel_paths, key=lambda r: PurePath(r).as_posix()):
+        if rel not in names:
+            names[rel] = next(c for c in _candidates(escaped[rel]) if free(c) and _key(c) not in wanted)
+            taken.add(_key(names[rel]))
+    return {rel: Path(name) for rel, name in names.items()}
 
 
 @dataclass
@@ -45,8 +113,12 @@ class Layout:
         return self.save_dir / GRIDS_DIR / self.names[rel]
 
     def latent(self, rel: Path, save_dir: Optional[Path] = None) -> Path:
-        """The latent file of ``rel`` in this run's save folder, or in ``save_dir`` (an earlier run's)."""
-        return (save_dir or self.save_dir) / self.names[rel].with_suffix(".pt")
+        """The latent file of ``rel`` in this run's save folder, or in ``save_dir`` (an earlier run's;
+        one written before latents had their own folder keeps them beside the images)."""
+        root = save_dir or self.save_dir
+        if save_dir is not None and not (save_dir / LATENTS_DIR).is_dir():
+            return root / latent_name(self.names[rel])
+        return root / LATENTS_DIR / latent_name(self.names[rel])
 
     def pending(self, job) -> List[Optional[int]]:
         """The targets still to do: those without a (complete) output, or all with --overwrite."""
@@ -61,30 +133,44 @@ def save_latent(path: Path, latent: torch.Tensor, class_A, timesteps, alphas_cum
 
 
 def load_latent(path: Path, timesteps, alphas_cumprod, solver: str, shape):
-    """A saved latent as a tensor, or the reason (a str) it cannot be used with these settings."""
+    """A saved latent as a tensor, or the reason (a str) it cannot be used with these settings. Any
+    file is checked field by field: a foreign or damaged one is a reason, never an exception."""
+    from .errors import printable
+
+    shown = printable(str(path))
     if not path.is_file():
-        return f"no saved latent at {path}"
+        return f"no saved latent at {shown}"
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-        latent = data["latent"]
     except Exception as e:  # corrupt or foreign file
-        return f"cannot read latent {path}: {' '.join(str(e).split())[:120]}"
-    if list(data.get("timesteps", [])) != list(timesteps):
-        return (f"latent {path} was made with other timesteps ({len(data.get('timesteps', []))} steps); "
+        return f"cannot read latent {shown}: {printable(' '.join(str(e).split()), 120)}"
+    if not isinstance(data, dict) or not torch.is_tensor(data.get("latent")):
+        return f"{shown} is not a latent file (no 'latent' tensor)"
+    latent, steps = data["latent"], data.get("timesteps")
+    if not (latent.is_floating_point() and not latent.is_complex()):
+        return f"latent {shown} holds {latent.dtype} values, not floating point"
+    if not isinstance(steps, (list, tuple)) or not all(isinstance(t, int) for t in steps):
+        return f"latent {shown} has no list of timesteps"
+    if list(steps) != list(timesteps):
+        return (f"latent {shown} was made with other timesteps ({len(steps)} steps); "
                 "use the same --respace_type and --respace_steps")
     if data.get("solver", "ddim") != solver:
-        return f"latent {path} was made with the {data.get('solver')!r} solver; use the same --solver"
-    if abs(data.get("alphas_cumprod_last", -1.0) - float(alphas_cumprod[timesteps[-1]])) > 1e-12:
-        return f"latent {path} was made with another noise schedule"
+        return f"latent {shown} was made with the {printable(repr(data.get('solver')), 40)} solver; use the same --solver"
+    last = data.get("alphas_cumprod_last")
+    if not isinstance(last, float) or abs(last - float(alphas_cumprod[timesteps[-1]])) > 1e-12:
+        return f"latent {shown} was made with another noise schedule"
     if tuple(latent.shape) != tuple(shape):
-        return f"latent {path} has shape {tuple(latent.shape)}, the model needs {tuple(shape)}"
+        return f"latent {shown} has shape {tuple(latent.shape)}, the model needs {tuple(shape)}"
+    if not torch.isfinite(latent).all():
+        return f"latent {shown} holds NaN or inf values"
     return latent.float()
 
 
 def write_csv(rows, header, path: Path) -> Path:
-    """Write rows (tuples, or dataclasses in header order) as CSV, atomically, sorted."""
+    """Write rows (tuples, or dataclasses in header order) as CSV, atomically, sorted. Paths that are
+    not UTF-8 keep their bytes (surrogate escapes), so every name can be written and found again."""
     rows = [tuple(r) for r in rows]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(sorted(rows, key=lambda r: tuple(str(v) for v in r)))

@@ -1,0 +1,92 @@
+"""The settings a save folder's outputs were made with, kept in ``SAVE_DIR/_ddib/settings.json``.
+
+A rerun skips inputs whose output exists; that is only right when the outputs were made with the same
+model, classes and sampling. So the first run records its settings, and a rerun with other settings
+is refused, naming what changed, unless ``--overwrite`` redoes everything (and records the new ones).
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+from .errors import UserError, printable
+from .lock import TOOL_DIR
+
+RECORD = "settings.json"
+
+
+def file_identity(path):
+    """Size and SHA-256 of a file: the same weights under another name are the same weights."""
+    if path is None:
+        return None
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def run_settings(args, cfg_A: dict, cfg_B: dict, plan) -> dict:
+    """Everything that decides what an output looks like, keyed by the flag a user would change."""
+    from .jobs import FOLDER, all_targets
+
+    flags_give_classes = not args.manifest
+    folder_mode = flags_give_classes and args.class_A is not None and args.class_A.strip().lower() == FOLDER
+    class_A = (FOLDER if folder_mode else plan.jobs[0].class_A if plan.jobs and flags_give_classes else None)
+    scale = args.classifier_scale if args.classifier_scale is not None else (
+        1.0 if args.classifier_weights is not None else 0.0)
+    return json.loads(json.dumps({
+        "-c": cfg_A, "--weights": file_identity(args.weights),
+        "--config_B": cfg_B if args.config_B else None, "--weights_B": file_identity(args.weights_B),
+        "--classifier_weights": file_identity(args.classifier_weights), "--classifier_scale": scale,
+        "--class_A": class_A, "--class_B": all_targets(plan.jobs) if flags_give_classes else None,
+        "--manifest": file_identity(args.manifest),
+        "--respace_steps": args.respace_steps, "--respace_type": args.respace_type, "--solver": args.solver,
+        "--eta": args.eta, "--seed": args.seed if args.eta > 0 else None, "--clip_x0": args.clip_x0,
+        "--save_pairs": args.save_pairs, "--save_grid": args.save_grid, "--save_latents": args.save_latents,
+        "--cycle": args.cycle,
+        "--from_latents": str(Path(args.from_latents).resolve()) if args.from_latents else None,
+    }))
+
+
+def _shown(value) -> str:
+    if isinstance(value, dict):
+        return "another file" if "sha256" in value else "another config"
+    if value is None or value is False:
+        return "off" if value is False else "none"
+    return "on" if value is True else printable(json.dumps(value), 60)
+
+
+def changes(old: dict, new: dict) -> list:
+    """``flag old → new`` for every setting that differs."""
+    out = []
+    for key in list(new) + [k for k in old if k not in new]:
+        before, after = old.get(key), new.get(key)
+        if before != after:
+            both_files = isinstance(before, dict) and isinstance(after, dict)
+            out.append(f"{key} changed" if both_files else f"{key} {_shown(before)} → {_shown(after)}")
+    return out
+
+
+def check_and_record(save_dir, settings: dict, overwrite: bool) -> None:
+    """Refuse a rerun whose settings differ from the recorded ones (unless ``overwrite``); record them."""
+    path = Path(save_dir) / TOOL_DIR / RECORD
+    if path.is_file() and not overwrite:
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            raise UserError(f"{printable(str(path))} is damaged; pass --overwrite to redo the folder's outputs "
+                            "with these settings, or choose another --save_dir")
+        diff = changes(old, settings)
+        if diff:
+            raise UserError(f"--save_dir {printable(str(save_dir))} holds outputs made with other settings ("
+                            + "; ".join(diff) + "); pass --overwrite to redo them with these settings, "
+                            "or choose another --save_dir")
+        return
+    from .images import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=False) + "\n", encoding="utf-8")
