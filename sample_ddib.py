@@ -47,7 +47,7 @@ def run(args) -> int:
 
     from utils.folder import Options, translate_folder
     from utils.images import remove_temporaries
-    from utils.launch import claim_save_dir
+    from utils.launch import claim_save_dir, with_peers
     from utils.pipeline import DDIB, launch_precision, network_dtype
 
     accelerator = Accelerator(mixed_precision=None if args.mixed_precision == "auto" else args.mixed_precision)
@@ -66,7 +66,8 @@ def run(args) -> int:
         if len(plan.todo) < len(plan.jobs):
             print(f"skipping {len(plan.jobs) - len(plan.todo)} input(s) whose output already exists "
                   "(--overwrite redoes them)", flush=True)
-    accelerator.wait_for_everyone()  # the start barrier: no process writes before the clean-up
+    with with_peers():
+        accelerator.wait_for_everyone()  # the start barrier: no process writes before the clean-up
     mine = plan.todo[rank::world]
     ddib = DDIB.from_files(
         cfg_A, args.weights, args.classifier_weights, config_B=cfg_B if args.config_B else None,
@@ -91,9 +92,10 @@ def run(args) -> int:
     counts = [result.translated, result.skipped, result.failed, result.files_written]
     problems, cycle_rows = result.problems, result.cycle_rows
     if world > 1 and not result.interrupted:
-        accelerator.wait_for_everyone()
-        counts = accelerator.reduce(torch.tensor(counts, device=accelerator.device), reduction="sum").tolist()
-        problems, cycle_rows = gather_object(problems), gather_object(cycle_rows)
+        with with_peers():
+            accelerator.wait_for_everyone()
+            counts = accelerator.reduce(torch.tensor(counts, device=accelerator.device), reduction="sum").tolist()
+            problems, cycle_rows = gather_object(problems), gather_object(cycle_rows)
     if accelerator.is_main_process:
         counts[1] += len(plan.unplanned)
         problems = problems + [(rel.as_posix(), f"skipped: {reason}") for rel, reason in plan.unplanned]
@@ -142,10 +144,12 @@ def _report(args, ddib, plan, main_process, result, world, rank, counts, problem
 
 
 def main(argv=None) -> int:
-    from utils.launch import HELD, follow_launcher, import_libraries, interrupt_on_sigterm, launched_rank
+    from utils.launch import (HELD, PeerLost, failed_peers, follow_launcher, import_libraries,
+                              interrupt_on_sigterm, launched_rank, launched_world, report_failure)
 
     interrupt_on_sigterm()  # first: a signal while the libraries import is an interruption too
     quiet = launched_rank() != 0
+    save_dir = None
     try:
         follow_launcher()
         import_libraries()
@@ -157,20 +161,32 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
         if args.list_classes is not None:
             return list_classes(args.list_classes)
+        save_dir = args.save_dir
         return run(args)
     except UserError as e:
         if not quiet:
             print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, PeerLost) as e:
         if not quiet:
-            print("interrupted: finished outputs are written; rerun the same command to finish the rest",
-                  file=sys.stderr)
-        return 130
+            failed = failed_peers(save_dir)
+            if failed or isinstance(e, PeerLost):
+                print(f"stopped: {' and '.join(failed) or 'another process'} failed; finished outputs are kept; "
+                      "rerun the same command to finish the rest", file=sys.stderr)
+            else:
+                print("interrupted: finished outputs are written; rerun the same command to finish the rest",
+                      file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 1
+    except Exception as e:
+        if launched_world() <= 1:  # alone, a traceback is the most useful report of a bug
+            raise
+        report_failure(e, save_dir)  # exits at once: the launcher then stops the others
     finally:
         while HELD:
             HELD.pop().release()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.launch import exit_quietly
+
+    exit_quietly(main())

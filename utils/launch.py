@@ -1,13 +1,17 @@
 """The process around a run: signals, the accelerate launcher, and this run's claim on its save folder.
 
 Ctrl-C and SIGTERM become KeyboardInterrupt (exit 130, finished outputs kept); only rank 0 reports a
-usage error; a worker follows its launcher when the launcher dies; a save folder is locked for one run
-and its recorded settings must match before any model loads.
+usage error; a worker follows its launcher when the launcher dies; a worker that fails says so in one
+line and exits at once, so the launcher stops the others; a save folder is locked for one run and its
+recorded settings must match before any model loads.
 """
 
 import os
 import signal
 import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
 
 from .errors import UserError
 
@@ -36,7 +40,8 @@ def claim_save_dir(args, cfg_A, cfg_B, plan, accelerator):
             error = str(e)
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
-        error = broadcast_object_list([error])[0]
+        with with_peers():
+            error = broadcast_object_list([error])[0]
     if error:
         raise UserError(error)
 
@@ -85,3 +90,78 @@ def import_libraries():
         interrupt_on_sigterm()
     if held:
         raise KeyboardInterrupt
+
+
+def launched_world() -> int:
+    """How many processes the launcher started (1 when run directly)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+class PeerLost(Exception):
+    """A collective failed because another process is gone: that process's failure, not this one's."""
+
+
+@contextmanager
+def with_peers():
+    """Around a barrier, reduce or gather: when a peer dies there, the error is the peer's, and this
+    process stops quietly instead of reporting a failure of its own (the launcher ends it anyway)."""
+    try:
+        yield
+    except Exception as e:
+        raise PeerLost(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
+
+
+def _marks(save_dir) -> Path:
+    from .lock import TOOL_DIR
+    return Path(save_dir) / TOOL_DIR
+
+
+def report_failure(error: BaseException, save_dir):
+    """An unexpected exception in one of several processes: one line naming the process and where it
+    happened (not a traceback per process, interleaved), a mark in the save folder so that process 0,
+    which the launcher stops next, says why, and exit 1 at once: a normal exit waits in the process
+    group's teardown until the others reach their end, so the launcher would stop them only then."""
+    rank = launched_rank()
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    line = f"process {rank} failed: {type(error).__name__}{': ' + message if message else ''}{where}"
+    print(f"error: {line}; finished outputs are kept", file=sys.stderr, flush=True)
+    if save_dir is not None and rank != 0:
+        try:
+            from .images import TEMP_SUFFIX  # a temporary: a later run's clean-up removes a stale one
+            mark = _marks(save_dir) / f"failed-process{rank}{TEMP_SUFFIX}"
+            mark.parent.mkdir(parents=True, exist_ok=True)
+            mark.write_text(line + "\n")
+        except OSError:
+            pass  # process 0 then says only that another process failed
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def exit_quietly(code: int):
+    """Exit with ``code``. A stop signal from here on (the launcher stopping a process that is already
+    leaving) ends the process without a traceback from inside the interpreter's shutdown."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    sys.exit(code)
+
+
+def failed_peers(save_dir) -> list:
+    """Process 0, stopped by the launcher: which other processes failed (read and removed from their
+    marks in the save folder; empty when none did, or the folder is not shared)."""
+    if save_dir is None:
+        return []
+    from .images import TEMP_SUFFIX
+    found = []
+    for mark in sorted(_marks(save_dir).glob(f"failed-process*{TEMP_SUFFIX}")):
+        try:
+            found.append(mark.read_text().split(" failed:")[0])
+            mark.unlink()
+        except OSError:
+            pass
+    return found
