@@ -24,7 +24,7 @@ from PIL import Image
 
 from conftest import ROOT
 
-N = 12
+N = 8
 
 
 def _free_port():
@@ -141,9 +141,10 @@ def test_signal_stops_every_worker_then_rerun_finishes(tiny_files, tmp_path, npr
     workers = [pid for pid in run.processes() if pid != run.proc.pid]
     assert len(workers) == nproc, workers
     HOW[how](run)
-    code, output = run.wait()
-    assert code != 0, output[-3000:]
+    code, _ = run.wait()
     _poll(lambda: not run.processes(), 60, "every worker to stop")
+    output = run.log.read_text(errors="replace")  # a worker may outlive its launcher by a moment
+    assert code != 0, output[-3000:]
     _no_traceback_from_us(output)
     assert "interrupted: finished outputs are written" in output, output[-3000:]
     done = _outputs(out)

@@ -58,7 +58,7 @@ def launched_rank() -> int:
 def follow_launcher():
     """Under a launcher, a worker gets SIGTERM when the launcher dies (SIGTERM or SIGKILL to it), so no
     worker is left running alone (Linux; elsewhere the launcher's own clean-up is all there is)."""
-    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or not ("LOCAL_RANK" in os.environ or _simple_launcher()):
         return
     try:
         import ctypes
@@ -68,6 +68,17 @@ def follow_launcher():
             os.kill(os.getpid(), signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+
+
+def _simple_launcher() -> bool:
+    """``accelerate launch`` with one process sets no rank, only its ``ACCELERATE_*`` variables; the
+    parent's command line tells it from a user who exported them (whose shell we must not follow)."""
+    if "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        return False
+    try:
+        return b"accelerate" in Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def import_libraries():
