@@ -133,8 +133,8 @@ def _marks(save_dir) -> Path:
 def report_failure(error: BaseException, save_dir):
     """An unexpected exception in one of several processes: one line naming the process and where it
     happened (not a traceback per process, interleaved), a mark in the save folder so that process 0,
-    which the launcher stops next, says why, and exit 1 at once: a normal exit waits in the process
-    group's teardown until the others reach their end, so the launcher would stop them only then."""
+    which the launcher stops next, says why, and exit 1 at once: the interpreter's teardown (the process
+    group, exit handlers) can take a while, and the launcher stops the others only once this one is gone."""
     rank = launched_rank()
     frames = traceback.extract_tb(error.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
