@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils.errors import UserError, printable
+from utils.errors import printable
 
 
 def list_classes(query: str) -> int:
@@ -144,46 +144,11 @@ def _report(args, ddib, plan, main_process, result, world, rank, counts, problem
 
 
 def main(argv=None) -> int:
-    from utils.launch import (HELD, PeerLost, failed_peers, follow_launcher, import_libraries,
-                              interrupt_on_sigterm, launched_rank, launched_world, report_failure)
+    """Parse, then run (or list classes) under the launcher's rules: one error line, exit codes, signals."""
+    from utils.launch import main_guarded
 
-    interrupt_on_sigterm()  # first: a signal while the libraries import is an interruption too
-    quiet = launched_rank() != 0
-    save_dir = None
-    try:
-        follow_launcher()
-        import_libraries()
-        from utils.cli import build_parser
-
-        parser = build_parser()
-        if quiet:  # argparse prints its own errors: once is enough
-            parser.error = lambda message: sys.exit(2)
-        args = parser.parse_args(argv)
-        if args.list_classes is not None:
-            return list_classes(args.list_classes)
-        save_dir = args.save_dir
-        return run(args)
-    except UserError as e:
-        if not quiet:
-            print(f"error: {printable(str(e))}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, PeerLost) as e:
-        if not quiet:
-            failed = failed_peers(save_dir)
-            if failed or isinstance(e, PeerLost):
-                print(f"stopped: {' and '.join(failed) or 'another process'} failed; finished outputs are kept; "
-                      "rerun the same command to finish the rest", file=sys.stderr)
-            else:
-                print("interrupted: finished outputs are written; rerun the same command to finish the rest",
-                      file=sys.stderr)
-        return 130 if isinstance(e, KeyboardInterrupt) else 1
-    except Exception as e:
-        if launched_world() <= 1:  # alone, a traceback is the most useful report of a bug
-            raise
-        report_failure(e, save_dir)  # exits at once: the launcher then stops the others
-    finally:
-        while HELD:
-            HELD.pop().release()
+    return main_guarded(argv, lambda args: list_classes(args.list_classes) if args.list_classes is not None
+                        else run(args))
 
 
 if __name__ == "__main__":

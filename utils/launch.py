@@ -13,7 +13,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, printable
 
 HELD = []  # save-folder locks of the run in progress, released when main() returns
 
@@ -176,3 +176,45 @@ def failed_peers(save_dir) -> list:
         except OSError:
             pass
     return found
+
+
+def main_guarded(argv, run) -> int:
+    """``run(args)`` for the parsed command line, with every way out turned into a message and an exit code:
+    a usage error is one line from the first process (exit 2); Ctrl-C or SIGTERM keep what is finished
+    (130); a peer that failed is named (1); an unexpected error in one of several processes is one line
+    and stops the others (alone, the traceback is the most useful report of a bug)."""
+    interrupt_on_sigterm()  # first: a signal while the libraries import is an interruption too
+    quiet = launched_rank() != 0
+    save_dir = None
+    try:
+        follow_launcher()
+        import_libraries()
+        from .cli import build_parser
+
+        parser = build_parser()
+        if quiet:  # argparse prints its own errors: once is enough
+            parser.error = lambda message: sys.exit(2)
+        args = parser.parse_args(argv)
+        save_dir = args.save_dir
+        return run(args)
+    except UserError as e:
+        if not quiet:
+            print(f"error: {printable(str(e))}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, PeerLost) as e:
+        if not quiet:
+            failed = failed_peers(save_dir)
+            if failed or isinstance(e, PeerLost):
+                print(f"stopped: {' and '.join(failed) or 'another process'} failed; finished outputs are kept; "
+                      "rerun the same command to finish the rest", file=sys.stderr)
+            else:
+                print("interrupted: finished outputs are written; rerun the same command to finish the rest",
+                      file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 1
+    except Exception as e:
+        if launched_world() <= 1:  # alone, a traceback is the most useful report of a bug
+            raise
+        report_failure(e, save_dir)  # exits at once: the launcher then stops the others
+    finally:
+        while HELD:
+            HELD.pop().release()
