@@ -46,6 +46,17 @@ def network_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]
     return dtype
 
 
+_CPU_WORKERS = []
+
+
+def cpu_workers() -> int:
+    """torch's thread count as the process started: the split pool's size. Remembered, because building
+    a bridge sets the process to one thread and a second bridge would otherwise see one."""
+    if not _CPU_WORKERS:
+        _CPU_WORKERS.append(torch.get_num_threads())
+    return _CPU_WORKERS[0]
+
+
 def launch_precision(flag: str, launched: str) -> str:
     """``--mixed_precision auto`` takes a 16-bit setting given to ``accelerate launch``; an explicit flag wins."""
     return launched if flag == "auto" and launched in ("fp16", "bf16") else flag
@@ -58,10 +69,11 @@ def choose_compile(compile: Union[str, bool], device: torch.device, workload: Op
     return compile in (True, "on")
 
 
-def _prepare(nets, dtype, compile: bool, per_sample_workers: int):
-    """Each distinct network made fast once (shared networks stay shared); on the CPU with
-    ``per_sample_workers``, each image goes through the networks alone (bit-identical results)."""
-    from models import PerSample
+def _prepare(nets, dtype, compile: bool, workers: int, one_at_a_time: bool):
+    """Each distinct network made fast once (shared networks stay shared); on the CPU with ``workers``,
+    parts of each batch go through the networks on single-threaded kernels in a pool of that many threads
+    (``one_at_a_time``: one image per part, for bit-identical results)."""
+    from models import ThreadSplit
     from models.fast import prepare_for_inference
 
     done, low = {}, False
@@ -73,11 +85,11 @@ def _prepare(nets, dtype, compile: bool, per_sample_workers: int):
             inner = net
         else:  # the classifier
             inner = prepare_for_inference(net, dtype=dtype, compile=compile)
-        if per_sample_workers:
+        if workers:
             if hasattr(inner, "net"):
-                inner.net = PerSample(inner.net, per_sample_workers)
+                inner.net = ThreadSplit(inner.net, workers, one_at_a_time)
             else:
-                inner = PerSample(inner, per_sample_workers)
+                inner = ThreadSplit(inner, workers, one_at_a_time)
         done[id(net)] = inner
     return tuple(None if net is None else done[id(net)] for net in nets), low
 
@@ -104,9 +116,11 @@ class DDIB:
         precision: ``auto`` | ``no`` | ``bf16`` | ``fp16``. compile: ``auto`` (on a GPU when ``workload``,
         the number of images this process will translate, is at least 256), True/False.
         micro_batch: images per network call, or ``auto`` (the largest that fits the GPU).
-        deterministic: on the CPU, each image goes through the networks alone on single-threaded
-        kernels, so outputs are bit-identical for any batch size or process count (sets the process's
-        torch threads to 1; about 3x slower on small models).
+        On the CPU each batch is split over a pool of single-threaded workers, one per torch thread (the
+        process's torch threads are set to 1): OpenMP's per-operation barriers cost many times over when
+        another program shares the cores. deterministic: on the CPU, each image goes through the networks
+        alone, so outputs are bit-identical for any batch size or process count (about 2x slower on
+        small models).
         """
         cfg_A = config if isinstance(config, dict) else load_config(config)
         cfg_B = cfg_A if config_B is None else config_B if isinstance(config_B, dict) else load_config(config_B)
@@ -126,8 +140,8 @@ class DDIB:
         workers = 0
         if deterministic and device.type != "cpu":
             warn("deterministic mode is for the CPU; on a GPU results may still differ in the last bits by batch")
-        if deterministic and device.type == "cpu":
-            workers = torch.get_num_threads()
+        if device.type == "cpu" and (deterministic or not compiled):
+            workers = cpu_workers()
             torch.set_num_threads(1)
 
         def load():
@@ -137,14 +151,14 @@ class DDIB:
             clf = None if classifier is None else load_network(cfg_B, classifier, "classifier", device=device)
             return model_A, model_B, clf
 
-        (model_A, model_B, clf), low = _prepare(load(), dtype, compiled, workers)
+        (model_A, model_B, clf), low = _prepare(load(), dtype, compiled, workers, deterministic)
         if micro_batch == "auto":  # probed on the prepared networks: their dtype decides the memory
             from models.fast import pick_micro_batch
             micro_batch = pick_micro_batch(model_A, clf, device, cpu_batch=8)
         bridge = Bridge(model_A=model_A, model_B=model_B, classifier=clf, device=device, sampling=sampling,
                         alphas_cumprod=alphas_cumprod(cfg_A["diffusion"]["beta_schedule"],
                                                       cfg_A["diffusion"]["total_steps"]),
-                        low_precision=low, fallback=lambda: _prepare(load(), None, False, workers)[0],
+                        low_precision=low, fallback=lambda: _prepare(load(), None, False, workers, deterministic)[0],
                         pad_to=micro_batch if compiled and not workers else None, warn=warn)
         return cls(bridge, cfg_A["model"]["image_size"], micro_batch, compiled,
                    {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if low else "float32")
