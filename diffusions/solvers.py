@@ -104,19 +104,23 @@ def sample_dpmpp(denoise: Denoiser, x: torch.Tensor, path: Path, order: int = 2,
 
 def sample_heun(denoise: Denoiser, x: torch.Tensor, path: Path,
                 callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
-    """Heun's method (second order, two evaluations per step) on the ODE in Karras et al.'s variables
-    x̂ = x/α, σ̂ = σ/α, where dx̂/dσ̂ = (x̂ − x₀)/σ̂: a DDIM (Euler) step, then the slope at its end
-    averaged in. Both evaluations are on ``path``; the step onto the clean image stays Euler (no
-    network call at ᾱ = 1)."""
+    """Heun's method (second order, two evaluations per step) in DPM-Solver++'s exponential form: a
+    DDIM step predicts the next point, and the step is redone with the x₀ prediction interpolated
+    linearly in λ between both ends (the trapezoid rule, with the linear part integrated exactly).
+    Both evaluations are on ``path``; the step onto the clean image stays DDIM (no call at ᾱ = 1).
+    Written in x₀ rather than in ε (Karras et al.'s dx̂/dσ̂ = ε form): ε-networks' ε at a low-noise end
+    point, divided by a tiny σ, would blow the corrector up at large steps."""
     for i, ((t, a), (t_next, a_next)) in enumerate(zip(path[:-1], path[1:])):
-        s, s_next = ((1 - a) / a) ** 0.5, ((1 - a_next) / a_next) ** 0.5
-        xh = x / a ** 0.5
-        d = (xh - denoise(x, t)) / s
-        xh_next = xh + (s_next - s) * d
-        if s_next > 0:
-            d_next = (xh_next - denoise(xh_next * a_next ** 0.5, t_next)) / s_next
-            xh_next = xh + (s_next - s) * 0.5 * (d + d_next)
-        x = xh_next * a_next ** 0.5
+        _, sigma, lam = _als(a)
+        alpha_n, sigma_n, lam_n = _als(a_next)
+        h = lam_n - lam
+        em1 = math.expm1(-h)
+        x0 = denoise(x, t)
+        x_next = (sigma_n / sigma) * x - (alpha_n * em1) * x0
+        if sigma_n > 0:
+            slope = (denoise(x_next, t_next) - x0) / h  # dx₀/dλ of the linear interpolant
+            x_next = x_next + (alpha_n * (h + em1)) * slope  # ∫ of (λ − λ_s)·slope against e^λ
+        x = x_next
         if callback is not None:
             callback(i, x)
     return x
