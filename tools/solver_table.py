@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--markdown", default="docs/solvers.md",
                    help="file whose solver_table section gets the table (created if missing)")
     p.add_argument("--plot", default="docs/solvers.png", help="PNG of PSNR against network evaluations")
+    p.add_argument("--plot_t_end", type=int, default=950,
+                   help="plot the series measured with this --t_end, and DDIM with uniform spacing (default: 950)")
     p.add_argument("--redo", action="store_true", help="measure settings again even if the JSON has them")
     p.add_argument("--report_only", action="store_true", help="only rewrite the table and plot from the JSON")
     return p.parse_args(argv)
@@ -174,14 +176,16 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
-def plot(path, rows) -> None:
-    """Unguided A→A and A→B→A PSNR against total network evaluations (log axis), one line per
-    solver × spacing × end timestep, the DDIM-100 reference as a dashed level."""
+def plot(path, rows, t_end: int) -> None:
+    """Unguided A→A and A→B→A PSNR against total network evaluations (log axis): one line per solver
+    and spacing measured with ``t_end``, plus DDIM with today's uniform spacing; the DDIM-100
+    reference as a dashed level."""
     from PIL import Image, ImageDraw
 
     series = {}
     for r in sorted(rows, key=order):
-        if r["scale"] == 0:
+        if r["scale"] == 0 and (r["t_end_arg"] == t_end or (r["solver"], r["spacing"], r["t_end_arg"]) ==
+                                ("ddim", "uniform", None)):
             label = f"{r['solver']} {r['spacing']}" + (f" t_end {r['t_end_arg']}" if r["t_end_arg"] else "")
             series.setdefault(label, []).append(r)
     if not series:
@@ -192,7 +196,7 @@ def plot(path, rows) -> None:
     nfes = [r["nfe_inv"] + r["nfe_gen"] for s in series.values() for r in s]
     x_lo, x_hi = np.log10(max(1, min(nfes)) * 0.8), np.log10(max(nfes) * 1.25)
     ref = baseline(rows, 0.0)
-    for panel, (field, title) in enumerate((("rec", "A→A PSNR (dB)"), ("cycle", "A→B→A PSNR (dB)"))):
+    for panel, (field, title) in enumerate((("rec", "A->A PSNR (dB)"), ("cycle", "A->B->A PSNR (dB)"))):
         x0 = left + panel * (pw + gap)
         vals = [r[field] for s in series.values() for r in s]
         y_lo, y_hi = np.floor(min(vals)) - 1, np.ceil(max(vals)) + 1
@@ -240,7 +244,7 @@ def main(argv=None):
     if not args.report_only:
         measure(args, rows)
     write_markdown(args.markdown, list(rows.values()))
-    plot(args.plot, list(rows.values()))
+    plot(args.plot, list(rows.values()), args.plot_t_end)
 
 
 if __name__ == "__main__":
