@@ -74,7 +74,7 @@ def run(args) -> int:
         weights_B=args.weights_B, device=accelerator.device,
         precision=launch_precision(args.mixed_precision, accelerator.mixed_precision), compile=args.compile,
         micro_batch=args.micro_batch, deterministic=args.deterministic, workload=len(mine), warn=warn,
-        steps=args.respace_steps, respace_type=args.respace_type, solver=args.solver, eta=args.eta,
+        steps=args.respace_steps, respace_type=args.respace_type, t_end=args.t_end, solver=args.solver, eta=args.eta,
         clip_x0=args.clip_x0, seed=args.seed,
         **({} if args.classifier_scale is None else {"classifier_scale": args.classifier_scale}))
     if accelerator.is_main_process and (ddib.compiled or args.micro_batch == "auto" or ddib.precision != "float32"):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 BETA_SCHEDULES = ("linear", "cosine")
-RESPACE_TYPES = ("uniform", "uniform-leading", "uniform-linspace", "uniform-trailing", "quad", "none")
+RESPACE_TYPES = ("uniform", "uniform-leading", "uniform-linspace", "uniform-trailing", "quad", "logsnr", "none")
 
 
 def get_betas(schedule: str, total_steps: int) -> np.ndarray:
@@ -27,33 +27,77 @@ def alphas_cumprod(schedule: str, total_steps: int) -> torch.Tensor:
     return torch.from_numpy(np.cumprod(1.0 - get_betas(schedule, total_steps)))
 
 
-def respace(kind: str, total_steps: int, steps: int) -> list:
-    """The increasing training timesteps a sampler visits.
+def log_snr(alphas_cumprod) -> np.ndarray:
+    """λ_t = log(α_t/σ_t) with α = √ᾱ, σ = √(1−ᾱ): the time variable in which the ODE's exponential
+    integrators (DPM-Solver) are exact for a constant x₀ prediction."""
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    return 0.5 * (np.log(ac) - np.log1p(-ac))
+
+
+def _distinct(ts: list, top: int) -> list:
+    """Rounded timesteps closer than one step apart pushed apart: up from the start, then down from
+    ``top`` where pushing up overshot it."""
+    for i in range(1, len(ts)):
+        ts[i] = max(ts[i], ts[i - 1] + 1)
+    ts[-1] = min(ts[-1], top)
+    for i in range(len(ts) - 2, -1, -1):
+        ts[i] = min(ts[i], ts[i + 1] - 1)
+    return ts
+
+
+def respace(kind: str, total_steps, steps: int, t_end=None) -> list:
+    """The increasing training timesteps a sampler visits. ``total_steps``: the schedule's length, or
+    the schedule itself (its ᾱ, one per training step), which logsnr spacing needs.
 
     uniform / uniform-leading: 0, s, 2s, … with s = total_steps // steps (guided-diffusion's ``ddimN``
     where steps divides total_steps); uniform-linspace: round(linspace(0, T−1, steps));
     uniform-trailing: T−1, T−1−T/steps, … (ends at the last step); quad: the DDIM paper's quadratic
-    spacing up to 0.8·T, dense near t = 0 (steps closer than 1 apart are pushed up to stay distinct); none: every step (``steps`` is ignored).
+    spacing up to 0.8·T, dense near t = 0 (steps closer than 1 apart are pushed up to stay distinct);
+    logsnr: uniform in log-SNR λ = log(α/σ) between t = 0 and uniform's last step (needs the
+    schedule): the step sizes higher-order solvers are built for; none: every
+    step (``steps`` is ignored).
+
+    ``t_end`` makes the last timestep (where an inversion stops) explicit instead of what the spacing
+    gives: the uniform types and quad then spread their points over [0, t_end], uniform-trailing ends
+    there, none visits 0…t_end. None (default) keeps each spacing as it was.
     """
-    if kind == "none":
-        return list(range(total_steps))
+    schedule = None
+    if not isinstance(total_steps, (int, np.integer)):
+        schedule, total_steps = total_steps, len(total_steps)
     if kind not in RESPACE_TYPES:
         raise ValueError(f"unknown respace type {kind!r}; choose one of {', '.join(RESPACE_TYPES)}")
+    if t_end is not None and not 0 < t_end < total_steps:
+        raise ValueError(f"t_end must be between 1 and total_steps - 1 = {total_steps - 1}, got {t_end}")
+    if kind == "none":
+        return list(range(total_steps if t_end is None else t_end + 1))
     if not 1 <= steps <= total_steps:
         raise ValueError(f"respace steps must be between 1 and total_steps={total_steps}, got {steps}")
-    if kind in ("uniform", "uniform-leading"):
+    if t_end is not None and steps > t_end + 1:
+        raise ValueError(f"{steps} distinct timesteps do not fit in 0…t_end={t_end}")
+    if t_end is None and kind in ("uniform", "uniform-leading", "logsnr"):
         ts = np.arange(steps) * (total_steps // steps)
-    elif kind == "uniform-linspace":
-        ts = np.round(np.linspace(0, total_steps - 1, steps))
+    elif kind in ("uniform", "uniform-leading", "uniform-linspace"):
+        ts = np.round(np.linspace(0, total_steps - 1 if t_end is None else t_end, steps))
     elif kind == "uniform-trailing":
-        ts = np.round(np.arange(total_steps, 0, -total_steps / steps))[:steps][::-1] - 1
-    else:  # quad
-        ts = np.linspace(0, math.sqrt(total_steps * 0.8), steps) ** 2
+        end = total_steps if t_end is None else t_end + 1
+        ts = np.round(np.arange(end, 0, -end / steps))[:steps][::-1] - 1
+    elif kind == "quad":
+        ts = np.linspace(0, math.sqrt(total_steps * 0.8 if t_end is None else t_end), steps) ** 2
+        if t_end is not None:
+            ts = np.round(ts)
+    else:  # logsnr with t_end
+        ts = np.array([0, t_end])
+    if kind == "logsnr":
+        if schedule is None:
+            raise ValueError("respace type 'logsnr' needs the noise schedule (its ᾱ), not just its length")
+        top = int(ts[-1])
+        lam = log_snr(schedule[:top + 1])
+        # λ falls with t: interpolate t over -λ, which rises
+        ts = np.round(np.interp(-np.linspace(lam[0], lam[top], steps), -lam, np.arange(top + 1)))
     ts = [int(t) for t in ts]
-    if kind == "quad":  # near t = 0 the squares are closer than one step apart: keep them distinct
-        for i in range(1, len(ts)):
-            ts[i] = max(ts[i], ts[i - 1] + 1)  # stays below total_steps: ts[i] <= max(0.8·T, i)
-    if any(b <= a for a, b in zip(ts, ts[1:])):
+    if kind in ("quad", "logsnr"):  # where points crowd closer than one step apart, keep them distinct
+        ts = _distinct(ts, total_steps - 1 if t_end is None and kind == "quad" else ts[-1])
+    if any(b <= a for a, b in zip(ts, ts[1:])) or ts[0] < 0:
         raise ValueError(f"respace type {kind!r} with {steps} of {total_steps} steps repeats timesteps; "
                          "use fewer steps or another type")
     return ts

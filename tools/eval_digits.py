@@ -36,6 +36,7 @@ def parse_args(argv=None):
                    help="scales of the guided rows (an unguided row is always added)")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100], help="steps per half, one row each")
     p.add_argument("--respace_type", default="uniform", choices=RESPACE_TYPES, help="timestep spacing")
+    p.add_argument("--t_end", type=int, help="last timestep, where inversion stops (default: what the spacing gives)")
     p.add_argument("--solver", default="ddim", choices=sorted(SOLVERS), help="ODE solver of both halves")
     p.add_argument("--clip_x0", nargs="+", choices=["off", "on"], default=["off", "on"],
                    help="generate with the x0 prediction unclipped (the exact ODE) and/or clipped to [-1, 1]")
@@ -119,7 +120,7 @@ def main(argv=None):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ddib = DDIB.from_files(args.config, args.weights, args.classifier_weights or None, device=device,
                            precision="no", compile=False, micro_batch=10_000, solver=args.solver,
-                           respace_type=args.respace_type, warn=print)
+                           respace_type=args.respace_type, t_end=args.t_end, warn=print)
     data = digits_data.load()
     svc, svc_acc = fit_reference_classifier(data)
     idx = sample_sources(data, args.per_class, args.seed)

@@ -27,9 +27,10 @@ class Sampling:
     clip_x0: bool = True
     classifier_scale: float = 0.0
     seed: int = 0
+    t_end: Optional[int] = None  # last timestep (where inversion stops); None: what the spacing gives
 
-    def timesteps(self, total_steps: int) -> list:
-        return respace(self.respace_type, total_steps, self.steps)
+    def timesteps(self, total_steps) -> list:  # total_steps: an int, or the schedule's ᾱ (logsnr needs it)
+        return respace(self.respace_type, total_steps, self.steps, self.t_end)
 
     def check(self, total_steps: int) -> "Sampling":
         """Raise ValueError for settings that cannot run; returns self."""
@@ -68,10 +69,10 @@ class Bridge:
     _float32: Optional[tuple] = field(default=None, repr=False)
 
     def timesteps(self, sampling: Optional[Sampling] = None) -> list:
-        return (sampling or self.sampling).timesteps(len(self.alphas_cumprod))
+        return (sampling or self.sampling).timesteps(self.alphas_cumprod)
 
     def with_sampling(self, **changes) -> Sampling:
-        return replace(self.sampling, **changes).check(len(self.alphas_cumprod))
+        return replace(self.sampling, **changes).check(self.alphas_cumprod)
 
     def _networks(self, low: bool) -> dict:
         if low or not self.low_precision:

@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--respace_type", default="uniform", choices=RESPACE_TYPES,
                    help="which timesteps of the schedule to visit: uniform (= uniform-leading: 0, s, 2s, … "
                         "with s = total_steps // respace_steps, guided-diffusion's ddimN), uniform-linspace, "
-                        "uniform-trailing, quad (dense near t=0), none (all total_steps). Default: uniform")
+                        "uniform-trailing, quad (dense near t=0), logsnr (uniform in log-SNR: for the higher-order "
+                        "solvers), none (all total_steps). Default: uniform")
+    p.add_argument("--t_end", type=_positive_int, help="last timestep, where the inversion stops (default: what "
+                                                       "--respace_type gives, e.g. 990 at 100 uniform steps)")
     p.add_argument("--respace_steps", type=_positive_int, default=DEFAULT_RESPACE_STEPS,
                    help=f"number of timesteps for each half of the bridge (default: {DEFAULT_RESPACE_STEPS})")
     p.add_argument("--solver", default="ddim", choices=sorted(SOLVERS),

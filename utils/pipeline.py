@@ -130,7 +130,8 @@ class DDIB:
             raise UserError("a classifier was given but the target model's config has no 'classifier' section")
         sampling.setdefault("classifier_scale", 1.0 if classifier is not None else 0.0)
         try:
-            sampling = Sampling(**sampling).check(cfg_A["diffusion"]["total_steps"])
+            sampling = Sampling(**sampling).check(alphas_cumprod(cfg_A["diffusion"]["beta_schedule"],
+                                                                 cfg_A["diffusion"]["total_steps"]))
         except (TypeError, ValueError) as e:
             raise UserError(str(e)) from None
         dtype = network_dtype(precision, device)
