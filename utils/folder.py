@@ -238,7 +238,8 @@ def display_settings(plan: Plan, sampling, precision: str, name_A, name_B, model
                     for j in plan.jobs})
     classes = "; ".join(pairs[:5]) + (f"; … ({len(pairs)} in all)" if len(pairs) > 5 else "")
     return {"model": models, "classes": classes,
-            "steps": f"{sampling.steps} per half ({sampling.respace_type}, {sampling.solver})",
+            "steps": f"{sampling.steps} per half ({sampling.respace_type}, {sampling.solver}"
+                     + (f", up to t = {sampling.t_end})" if sampling.t_end else ")"),
             "clip x0": "on" if sampling.clip_x0 else "off",
             "guidance": f"classifier, scale {sampling.classifier_scale:g}" if guided else "none",
             "eta": f"{sampling.eta:g}" + (f" (seed {sampling.seed})" if sampling.eta else ""),
