@@ -1,1 +1,1 @@
-"""Config, checkpoint and image helpers, and the batch runner the script wires together."""
+"""The library under the script and the Python API: policy, the guarded bridge, the folder loop, files."""
