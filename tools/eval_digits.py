@@ -26,12 +26,17 @@ from utils.images import psnr as psnr_one  # noqa: E402
 from utils.pipeline import DDIB  # noqa: E402
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The digits model's files, shared with tools/solver_table.py."""
     p.add_argument("-c", "--config", default="configs/digits.yaml", help="the digits model's config")
     p.add_argument("--weights", default="assets/digits_unet.pt", help="the digits UNet's weights")
     p.add_argument("--classifier_weights", default="assets/digits_classifier.pt",
-                   help="the noisy classifier for the guided rows ('' for none)")
+                   help="the noisy classifier for the guided rows ('' for unguided rows only)")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(p)
     p.add_argument("--classifier_scale", type=float, nargs="+", default=[1.0],
                    help="scales of the guided rows (an unguided row is always added)")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100], help="steps per half, one row each")

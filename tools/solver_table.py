@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diffusions import RESPACE_TYPES, SOLVERS  # noqa: E402
 from tools import digits_data  # noqa: E402
-from tools.eval_digits import Translator, evaluate_setting, fit_reference_classifier, pairs, sample_sources  # noqa: E402
+from tools.eval_digits import (Translator, add_model_args, evaluate_setting, fit_reference_classifier,  # noqa: E402
+                               pairs, sample_sources)
 from utils.pipeline import DDIB  # noqa: E402
 
 STEPS = [3, 4, 5, 6, 8, 10, 15, 25, 50, 100]
@@ -33,10 +34,7 @@ BASELINE = ("ddim", "uniform", 100, None)  # the README's reference: what a sett
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-c", "--config", default="configs/digits.yaml", help="the digits model's config")
-    p.add_argument("--weights", default="assets/digits_unet.pt", help="the digits UNet's weights")
-    p.add_argument("--classifier_weights", default="assets/digits_classifier.pt",
-                   help="noisy classifier for the guided rows ('' for unguided rows only)")
+    add_model_args(p)
     p.add_argument("--classifier_scale", type=float, default=1.0, help="guidance scale of the guided rows")
     p.add_argument("--solvers", nargs="+", default=sorted(SOLVERS), choices=sorted(SOLVERS),
                    help="solvers to measure (default: all registered)")
