@@ -29,12 +29,13 @@ class Sampling:
     seed: int = 0
     t_end: Optional[int] = None  # last timestep (where inversion stops); None: what the spacing gives
 
-    def timesteps(self, total_steps) -> list:  # total_steps: an int, or the schedule's ᾱ (logsnr needs it)
-        return respace(self.respace_type, total_steps, self.steps, self.t_end)
+    def timesteps(self, schedule) -> list:
+        """The respaced timesteps; ``schedule`` is the step count or the ᾱ table (logsnr spacing needs ᾱ)."""
+        return respace(self.respace_type, schedule, self.steps, self.t_end)
 
-    def check(self, total_steps: int) -> "Sampling":
-        """Raise ValueError for settings that cannot run; returns self."""
-        self.timesteps(total_steps)
+    def check(self, schedule) -> "Sampling":
+        """Raise ValueError for settings that cannot run on ``schedule`` (as in ``timesteps``); returns self."""
+        self.timesteps(schedule)
         solver = get_solver(self.solver)
         if not 0 <= self.eta <= 1:  # also refuses nan
             raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
