@@ -223,9 +223,10 @@ def gallery_rows(plan: Plan, input_dir: Path, cycle_rows, class_name) -> list:
     psnrs = {(r.path, r.class_B): r.cycle_psnr_db for r in map(CycleRow._make, cycle_rows)}
     rows = []
     for job in plan.jobs:
-        outputs = [Translation(plan.layout.output(job.rel, t).relative_to(plan.layout.save_dir).as_posix(),
-                               class_name(t), psnrs.get((job.rel.as_posix(), t)))
-                   for t in job.targets if plan.layout.output(job.rel, t).is_file()]
+        paths = {t: plan.layout.output(job.rel, t) for t in job.targets}
+        outputs = [Translation(path.relative_to(plan.layout.save_dir).as_posix(), class_name(t),
+                               psnrs.get((job.rel.as_posix(), t)))
+                   for t, path in paths.items() if path.is_file()]
         if outputs:
             rows.append(GalleryRow(str(Path(input_dir) / job.rel), job.rel.as_posix(), class_name(job.class_A),
                                    outputs))

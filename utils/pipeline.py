@@ -110,8 +110,8 @@ class DDIB:
                    precision: str = "auto", compile: Union[str, bool] = "auto", micro_batch: Union[int, str] = 8,
                    deterministic: bool = False, workload: Optional[int] = None, warn=print,
                    **sampling) -> "DDIB":
-        """Load a model from its config (a path, or a dict from ``load_config``) and weights (and optionally a second model for the generation
-        half, and a noisy classifier for guidance on the target side).
+        """Load a model from its config (a path, or a dict from ``load_config``) and weights, and optionally
+        a second model for the generation half and a noisy classifier for guidance on the target side.
 
         precision: ``auto`` | ``no`` | ``bf16`` | ``fp16``. compile: ``auto`` (on a GPU when ``workload``,
         the number of images this process will translate, is at least 256), True/False.
@@ -129,9 +129,9 @@ class DDIB:
         if classifier is not None and cfg_B["classifier"] is None:
             raise UserError("a classifier was given but the target model's config has no 'classifier' section")
         sampling.setdefault("classifier_scale", 1.0 if classifier is not None else 0.0)
+        schedule = alphas_cumprod(cfg_A["diffusion"]["beta_schedule"], cfg_A["diffusion"]["total_steps"])
         try:
-            sampling = Sampling(**sampling).check(alphas_cumprod(cfg_A["diffusion"]["beta_schedule"],
-                                                                 cfg_A["diffusion"]["total_steps"]))
+            sampling = Sampling(**sampling).check(schedule)
         except (TypeError, ValueError) as e:
             raise UserError(str(e)) from None
         dtype = network_dtype(precision, device)
@@ -157,10 +157,8 @@ class DDIB:
             from models.fast import pick_micro_batch
             micro_batch = pick_micro_batch(model_A, clf, device, cpu_batch=8)
         bridge = Bridge(model_A=model_A, model_B=model_B, classifier=clf, device=device, sampling=sampling,
-                        alphas_cumprod=alphas_cumprod(cfg_A["diffusion"]["beta_schedule"],
-                                                      cfg_A["diffusion"]["total_steps"]),
-                        low_precision=low, fallback=lambda: _prepare(load(), None, False, workers, deterministic)[0],
-                        pad_to=micro_batch if compiled and not workers else None, warn=warn)
+                        alphas_cumprod=schedule, low_precision=low,
+                        fallback=lambda: _prepare(load(), None, False, workers, deterministic)[0], pad_to=micro_batch if compiled and not workers else None, warn=warn)
         return cls(bridge, cfg_A["model"]["image_size"], micro_batch, compiled,
                    {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if low else "float32")
 
