@@ -158,7 +158,8 @@ class DDIB:
             micro_batch = pick_micro_batch(model_A, clf, device, cpu_batch=8)
         bridge = Bridge(model_A=model_A, model_B=model_B, classifier=clf, device=device, sampling=sampling,
                         alphas_cumprod=schedule, low_precision=low,
-                        fallback=lambda: _prepare(load(), None, False, workers, deterministic)[0], pad_to=micro_batch if compiled and not workers else None, warn=warn)
+                        fallback=lambda: _prepare(load(), None, False, workers, deterministic)[0],
+                        pad_to=micro_batch if compiled and not workers else None, warn=warn)
         return cls(bridge, cfg_A["model"]["image_size"], micro_batch, compiled,
                    {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if low else "float32")
 
