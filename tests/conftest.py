@@ -25,6 +25,24 @@ TINY_CONFIG = {
 }
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true",
+                     help="also run the slow tests (real accelerate launches, signals, kills); CI runs them")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a real launcher, signal or multi-process run (needs --runslow)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow (as CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _restore_threads():
     """The script sets one thread per process on the CPU; keep that from leaking across tests."""

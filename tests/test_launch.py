@@ -24,6 +24,8 @@ from PIL import Image
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # real launches, signals and kills: run with --runslow
+
 N = 8
 
 

@@ -345,6 +345,7 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_pr
           "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+@pytest.mark.slow
 def test_two_processes_print_a_usage_error_once(tiny_files, one, tmp_path):
     r = subprocess.run(LAUNCH + ["-q", str(ROOT / "sample_ddib.py"), *_args(tiny_files, one, tmp_path / "o"),
                                  "--class_B", "9999"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -353,6 +354,7 @@ def test_two_processes_print_a_usage_error_once(tiny_files, one, tmp_path):
     assert "sample_ddib.py\", line" not in r.stderr  # no traceback through our code
 
 
+@pytest.mark.slow
 def test_only_the_first_process_reports_a_usage_error(tiny_files, one, tmp_path):
     argv = [sys.executable, str(ROOT / "sample_ddib.py"), *_args(tiny_files, one, tmp_path / "o"), "--class_B", "9999"]
     for rank, lines in (("0", 1), ("1", 0)):

@@ -278,6 +278,7 @@ def test_messy_folder_end_to_end(tiny_files, tmp_path, capsys):
 
 # --- numerics ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_deterministic_same_bits_for_any_micro_batch_and_process_count(tiny_files, tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
@@ -415,6 +416,7 @@ def _all_pngs_complete(out: Path):
                 assert img.size == (SIZE, SIZE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 130), (signal.SIGKILL, -9)])
 def test_interrupt_then_rerun(tiny_files, tmp_path, sig, code):
     proc, argv = _slow_run(tiny_files, tmp_path)
