@@ -112,7 +112,7 @@ def run(args) -> int:
 
 def _report(args, ddib, plan, main_process, result, world, rank, counts, problems, cycle_rows, elapsed):
     """failures.csv, cycle.csv, the gallery and the summary (one process's own files when interrupted)."""
-    from utils.classes import display_name
+    from utils.classes import Labels
     from utils.folder import display_settings, gallery_rows, write_reports
     from utils.gallery import write_gallery
 
@@ -129,7 +129,7 @@ def _report(args, ddib, plan, main_process, result, world, rank, counts, problem
     if not main_process:
         return
     translated, skipped, failed, files = (int(v) for v in counts)
-    name_A, name_B = (lambda c, n=net.num_classes: display_name(c, n) for net in (ddib.bridge.model_A, ddib.bridge.model_B))
+    name_A, name_B = (Labels.of(net).display for net in (ddib.bridge.model_A, ddib.bridge.model_B))
     settings = display_settings(plan, ddib.bridge.sampling, ddib.precision, name_A, name_B,
                             models=args.weights + (f" → {args.weights_B}" if args.weights_B else ""),
                             guided=args.classifier_weights is not None)

@@ -22,14 +22,16 @@ from .unet import UNetModel
 
 
 class EpsNetwork(nn.Module):
-    """ε(x, t, y) of a family's network, with the facts the bridge needs about it."""
+    """ε(x, t, y) of a family's network, with the facts the bridge needs about it (and its classes'
+    names, where its config gives them)."""
 
     def __init__(self, net: nn.Module, in_channels: int, image_size: int, num_classes: Optional[int],
-                 learn_sigma: bool = False):
+                 learn_sigma: bool = False, class_names: Optional[list] = None):
         super().__init__()
         self.net = net
         self.in_channels, self.image_size = in_channels, image_size
         self.num_classes, self.learn_sigma = num_classes, learn_sigma
+        self.class_names = class_names  # one per label where known (a config's class_names), else None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         out = self.net(x, t, y) if self.num_classes is not None else self.net(x, t)

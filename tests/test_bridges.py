@@ -128,6 +128,47 @@ def test_class_names():
         resolve("tiger", 10)
 
 
+NAMES = ["cat", "dog", "fox", "3", "owl", "elk", "emu", "yak", "gnu", "ant"]
+
+
+def test_config_class_names_through_the_cli_the_api_and_the_gallery(tmp_path, capsys):
+    cfg_path, w, cfg = _model_files(tmp_path, "named", 1)
+    cfg["class_names"] = NAMES
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    inp = tmp_path / "in"
+    _images(inp, n=1, sub="dog")
+    _images(inp, n=1, sub="Owl")  # a name in another case
+    out = tmp_path / "out"
+    assert _run("-c", cfg_path, "--weights", w, "--input_dir", inp, "--save_dir", out, "--class_A", "folder",
+                "--class_B", "fox,3", "--respace_steps", 2) == 0
+    assert all((out / target / source / "0.png").is_file() for target in ("2", "3") for source in ("dog", "Owl"))
+    page = (out / "index.html").read_text()
+    assert "1 dog → 2 fox, 3; 4 owl → 2 fox, 3" in page  # "3" is label 3's own name: not repeated
+    assert _run("-c", cfg_path, "--weights", w, "--input_dir", inp, "--save_dir", tmp_path / "o2",
+                "--class_A", "dgo", "--class_B", "fox", "--respace_steps", 2) == 2
+    assert "unknown class 'dgo' (did you mean 'dog'?); the model's classes: cat, dog" in capsys.readouterr().err
+    from ddib import DDIB
+    bridge = DDIB.from_files(cfg_path, w, steps=2)
+    by_name = bridge.translate([inp / "dog" / "0.png"], class_A="dog", class_B="owl", output="tensor")
+    by_label = bridge.translate([inp / "dog" / "0.png"], class_A=1, class_B=4, output="tensor")
+    assert torch.equal(by_name, by_label)
+
+
+@pytest.mark.parametrize("names,match", [
+    (NAMES[:9], "lists 9 names but the model has 10 classes"),
+    (NAMES[:9] + ["Cat"], "class_names 0 and 9 are both 'Cat'"),
+    (["5"] + NAMES[1:], "class_names\\[0\\] is '5', a number other than its own label 0"),
+    (NAMES[:9] + [""], "must be a list of non-empty names"),
+])
+def test_config_class_names_are_checked(tmp_path, names, match):
+    from utils.config import load_config
+    cfg_path, _, cfg = _model_files(tmp_path, "named", 1)
+    cfg["class_names"] = names
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match=match):
+        load_config(cfg_path)
+
+
 def test_list_classes(capsys):
     assert _run("--list_classes", "tiger") == 0
     out = capsys.readouterr().out

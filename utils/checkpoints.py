@@ -134,4 +134,5 @@ def load_network(cfg: dict, weights, part: str = "model", what: Optional[str] = 
     else:
         net = build_network(FAMILIES[cfg.get("family", DEFAULT_FAMILY)].build, cfg["model"], "model")
         load_weights(net.net, weights, what)
+        net.class_names = cfg.get("class_names")
     return net.to(device).eval().requires_grad_(False)

@@ -1,10 +1,13 @@
-"""Class labels from what a user types: an index, an ImageNet WordNet id, or a name."""
+"""Class labels from what a user types: an index, a name the model's config gives its class, or for
+ImageNet models a WordNet id or an ImageNet name."""
 
 import difflib
 import functools
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 from .errors import UserError
 
@@ -42,14 +45,30 @@ def search(query: str, limit: int = 20) -> list:
     return hits[:limit]
 
 
-def resolve(text, num_classes) -> int:
-    """One class label from ``text``: an integer, a WordNet id (n04409515) or a name ("tiger")."""
+def _own_name(text: str, names) -> Optional[int]:
+    """The label whose name (from the model's config) is ``text``, exactly or else ignoring case."""
+    if text in names:
+        return names.index(text)
+    low = [i for i, n in enumerate(names) if n.lower() == text.lower()]
+    return low[0] if len(low) == 1 else None
+
+
+def resolve(text, num_classes, names=None) -> int:
+    """One class label from ``text``: an integer, one of ``names`` (the model's own class names, from
+    its config), or for 1000-class models without names a WordNet id (n04409515) or a name ("tiger")."""
     text = str(text).strip()
+    if names and _own_name(text, names) is not None:
+        return _own_name(text, names)
     if re.fullmatch(r"-?\d+", text):
         label = int(text)
         if num_classes is not None and not 0 <= label < num_classes:
             raise UserError(f"class {label} is out of range: the model has classes 0..{num_classes - 1}")
         return label
+    if names:
+        close = difflib.get_close_matches(text, names, n=3, cutoff=0.6)
+        shown = ", ".join(names[:10]) + (" …" if len(names) > 10 else "")
+        raise UserError(f"unknown class {text!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)"
+                                                      if close else "") + f"; the model's classes: {shown}")
     if num_classes != IMAGENET_CLASSES:
         raise UserError(f"class {text!r}: names are known for the 1000 ImageNet classes only; "
                         "give an integer label")
@@ -69,18 +88,47 @@ def resolve(text, num_classes) -> int:
                     "give the index or the WordNet id")
 
 
-def resolve_list(text, num_classes) -> list:
+def resolve_list(text, num_classes, names=None) -> list:
     """Comma-separated labels, for several targets at once."""
     parts = [p for p in str(text).split(",") if p.strip()]
     if not parts:
         raise UserError("empty class list")
-    return list(dict.fromkeys(resolve(p, num_classes) for p in parts))
+    return list(dict.fromkeys(resolve(p, num_classes, names) for p in parts))
 
 
-def display_name(label, num_classes) -> str:
-    """A label as a person reads it: ``292 tiger`` for ImageNet models, the number otherwise, '' for none."""
+def display_name(label, num_classes, names=None) -> str:
+    """A label as a person reads it: ``3 dog`` with the model's own names, ``292 tiger`` for ImageNet
+    models, the number otherwise, '' for none."""
     if label is None:
         return ""
+    if names:
+        return str(label) if names[label] == str(label) else f"{label} {names[label]}"
     if num_classes == len(imagenet_classes()):
         return f"{label} {imagenet_classes()[label][1][0]}"
     return str(label)
+
+
+@dataclass(frozen=True)
+class Labels:
+    """One side's class labels: how many (None: an unconditional model) and, where the model's config
+    gives them, their names (``class_names``)."""
+    count: Optional[int]
+    names: Optional[tuple] = None
+
+    @classmethod
+    def of(cls, source) -> "Labels":
+        """The labels of a config dict (``load_config``) or of a network (``models.EpsNetwork``)."""
+        if isinstance(source, dict):
+            names = source.get("class_names")
+            return cls(source["model"].get("num_classes"), tuple(names) if names else None)
+        names = getattr(source, "class_names", None)
+        return cls(source.num_classes, tuple(names) if names else None)
+
+    def resolve(self, text) -> int:
+        return resolve(text, self.count, self.names)
+
+    def resolve_list(self, text) -> list:
+        return resolve_list(text, self.count, self.names)
+
+    def display(self, label) -> str:
+        return display_name(label, self.count, self.names)

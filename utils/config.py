@@ -2,7 +2,8 @@
 
 ``family`` (optional, default ``adm``) names the network family (``models.FAMILIES``); ``model`` holds
 exactly the keys that family takes (for ``adm`` the keyword arguments of ``models.UNetModel``),
-``classifier`` (optional) those of ``models.EncoderUNetModel``, ``diffusion`` the noise schedule.
+``classifier`` (optional) those of ``models.EncoderUNetModel``, ``diffusion`` the noise schedule, and
+``class_names`` (optional) one name per class label, so classes can be given by name.
 Omitted keys take the constructors' defaults; unknown keys and wrong types are errors that name them.
 """
 
@@ -19,7 +20,7 @@ from models.network import constructor_params
 from .errors import UserError, printable
 
 DIFFUSION_DEFAULTS = {"total_steps": 1000, "beta_schedule": "linear"}
-SECTIONS = ("family", "model", "diffusion", "classifier")
+SECTIONS = ("family", "model", "diffusion", "classifier", "class_names")
 DEFAULT_FAMILY = "adm"
 # guided-diffusion command-line flags users carry over, and what our configs call them
 _FLAG_HINTS = {"num_channels": "model_channels", "class_cond": "num_classes", "learn_sigma": "out_channels",
@@ -112,8 +113,28 @@ class _PlainLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def check_class_names(names, num_classes) -> list:
+    """``class_names``: one distinct, non-empty name per label. A name that is a number must be its own
+    label, or ``--class_B 2`` could mean two different classes."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise UserError("config section 'class_names' must be a list of non-empty names, one per class label")
+    if num_classes is None or len(names) != num_classes:
+        raise UserError(f"config section 'class_names' lists {len(names)} names but the model has "
+                        f"{num_classes or 'no'} classes (model.num_classes)")
+    seen = {}
+    for label, name in enumerate(names):
+        if name.lower() in seen:
+            raise UserError(f"class_names {seen[name.lower()]} and {label} are both {printable(repr(name), 60)}")
+        seen[name.lower()] = label
+        if name.strip().lstrip("-").isdigit() and int(name) != label:
+            raise UserError(f"class_names[{label}] is {name!r}, a number other than its own label {label}: "
+                            "a class given as a number would be ambiguous")
+    return list(names)
+
+
 def load_config(path) -> dict:
-    """Read and validate a config file; returns {'model': {...}, 'diffusion': {...}, 'classifier': {...}|None}."""
+    """Read and validate a config file; returns {'family': str, 'model': {...}, 'diffusion': {...},
+    'classifier': {...}|None} and, when the file gives them, 'class_names': [...]."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
@@ -143,6 +164,8 @@ def load_config(path) -> dict:
         "classifier": (_check_section("classifier", raw["classifier"], constructor_params(EncoderUNetModel))
                        if raw.get("classifier") is not None else None),
     }
+    if raw.get("class_names") is not None:  # absent otherwise: recorded settings of older runs stay equal
+        cfg["class_names"] = check_class_names(raw["class_names"], cfg["model"].get("num_classes"))
     if cfg["diffusion"]["beta_schedule"] not in BETA_SCHEDULES:
         raise UserError(f"config key 'diffusion.beta_schedule' must be one of {', '.join(BETA_SCHEDULES)}, "
                         f"got {cfg['diffusion']['beta_schedule']!r}")

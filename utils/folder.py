@@ -196,6 +196,7 @@ class Plan:
 def plan_folder(input_dir, save_dir, class_A, class_B, manifest, cfg_A: dict, cfg_B: dict,
                 guided: bool, overwrite: bool) -> Plan:
     """Scan ``input_dir``, read every input's classes (flags, folders or manifest) and lay out outputs."""
+    from .classes import Labels
     from .errors import UserError
     from .images import IMAGE_EXTENSIONS, scan_images
     from .jobs import all_targets, plan_jobs
@@ -206,8 +207,7 @@ def plan_folder(input_dir, save_dir, class_A, class_B, manifest, cfg_A: dict, cf
     if not rel_paths:
         raise UserError(f"--input_dir: no image files found under {input_dir} "
                         f"(looked for {' '.join(sorted(IMAGE_EXTENSIONS))})")
-    jobs, unplanned = plan_jobs(rel_paths, class_A, class_B, manifest, cfg_A["model"].get("num_classes"),
-                                cfg_B["model"].get("num_classes"),
+    jobs, unplanned = plan_jobs(rel_paths, class_A, class_B, manifest, Labels.of(cfg_A), Labels.of(cfg_B),
                                 cfg_B["classifier"].get("out_channels", 1000) if guided else None)
     unplanned = unreadable + unplanned
     layout = Layout(Path(save_dir), output_names([job.rel for job in jobs]), grouped=len(all_targets(jobs)) > 1,

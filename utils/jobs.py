@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import List, Optional
 
-from .classes import resolve, resolve_list
+from .classes import Labels
 from .errors import UserError, printable
 
 FOLDER = "folder"
@@ -19,11 +19,11 @@ class Job:
     targets: List[Optional[int]]
 
 
-def _check_side(flag: str, value, num_classes: Optional[int]):
-    if num_classes is None and value is not None:
+def _check_side(flag: str, value, labels: Labels):
+    if labels.count is None and value is not None:
         raise UserError(f"{flag}: that side's model is unconditional (no num_classes in its config); drop {flag}")
-    if num_classes is not None and value is None:
-        raise UserError(f"{flag} is required: that side's model is class-conditional ({num_classes} classes)")
+    if labels.count is not None and value is None:
+        raise UserError(f"{flag} is required: that side's model is class-conditional ({labels.count} classes)")
 
 
 def _flagged(flag, fn, *args):
@@ -36,9 +36,9 @@ def _flagged(flag, fn, *args):
 def _from_flags(rel_paths, class_A, class_B, classes_A, classes_B):
     _check_side("--class_A", class_A, classes_A)
     _check_side("--class_B", class_B, classes_B)
-    targets = [None] if class_B is None else _flagged("--class_B", resolve_list, class_B, classes_B)
+    targets = [None] if class_B is None else _flagged("--class_B", classes_B.resolve_list, class_B)
     if class_A is None or class_A.strip().lower() != FOLDER:
-        source = None if class_A is None else _flagged("--class_A", resolve, class_A, classes_A)
+        source = None if class_A is None else _flagged("--class_A", classes_A.resolve, class_A)
         return [Job(rel, source, targets) for rel in rel_paths], []
     jobs, skipped, by_folder = [], [], {}
     for rel in rel_paths:
@@ -48,7 +48,7 @@ def _from_flags(rel_paths, class_A, class_B, classes_A, classes_B):
         folder = rel.parts[0]
         if folder not in by_folder:
             try:
-                by_folder[folder] = resolve(folder, classes_A)
+                by_folder[folder] = classes_A.resolve(folder)
             except UserError as e:
                 raise UserError(f"--class_A folder: folder {folder!r}: {e}") from None
         jobs.append(Job(rel, by_folder[folder], targets))
@@ -76,8 +76,8 @@ def _read_manifest(path: Path, rel_paths, classes_A, classes_B):
         for line, row in enumerate(reader, start=2):
             name = PurePosixPath((row.get("path") or "").strip().replace("\\", "/")).as_posix()
             try:
-                source = resolve(row["class_A"], classes_A) if (row.get("class_A") or "").strip() else None
-                targets = (resolve_list(row["class_B"].replace(";", ","), classes_B)
+                source = classes_A.resolve(row["class_A"]) if (row.get("class_A") or "").strip() else None
+                targets = (classes_B.resolve_list(row["class_B"].replace(";", ","))
                            if (row.get("class_B") or "").strip() else [None])
                 _check_side("class_A", source, classes_A)
                 _check_side("class_B", targets[0], classes_B)
@@ -94,9 +94,9 @@ def _read_manifest(path: Path, rel_paths, classes_A, classes_B):
 
 
 def plan_jobs(rel_paths, class_A: Optional[str], class_B: Optional[str], manifest: Optional[str],
-              classes_A: Optional[int], classes_B: Optional[int], classifier_classes: Optional[int] = None) -> tuple:
+              classes_A: Labels, classes_B: Labels, classifier_classes: Optional[int] = None) -> tuple:
     """Jobs for the inputs (classes as typed: labels, names, ``folder``; or a manifest CSV), and
-    (path, reason) for inputs that cannot be planned."""
+    (path, reason) for inputs that cannot be planned. ``classes_A``/``classes_B``: each side's labels."""
     if manifest:
         if class_A is not None or class_B is not None:
             raise UserError("--manifest gives the classes; drop --class_A/--class_B")

@@ -21,7 +21,7 @@ from diffusions import alphas_cumprod
 
 from .bridge import Bridge, Sampling
 from .checkpoints import load_network
-from .classes import resolve
+from .classes import Labels
 from .config import load_config
 from .errors import UserError
 from .images import ImageReadError, load_image, pil_to_array, to_tensor, to_uint8
@@ -195,7 +195,8 @@ class DDIB:
         values = list(value) if isinstance(value, (list, tuple)) else [value] * n
         if len(values) != n:
             raise UserError(f"{len(values)} classes for {n} images")
-        return [resolve(str(v), network.num_classes) for v in values]
+        labels = Labels.of(network)
+        return [labels.resolve(v) for v in values]
 
     def _batched(self, fn, n: int):
         outs = []
