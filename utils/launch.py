@@ -6,16 +6,31 @@ line and exits at once, so the launcher stops the others; a save folder is locke
 recorded settings must match before any model loads.
 """
 
+import importlib
 import os
 import signal
 import sys
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError, printable
 
 HELD = []  # save-folder locks of the run in progress, released when main() returns
+
+
+@dataclass(frozen=True)
+class Wording:
+    """What a script's work is called in the lines about stopping: what is already safe, and what a
+    rerun does."""
+    written: str = "finished outputs are written"
+    kept: str = "finished outputs are kept"
+    rerun: str = "rerun the same command to finish the rest"
+
+
+# the sampling script's libraries, imported with signals held back (see import_libraries)
+SAMPLING_LIBRARIES = ("utils.cli", "utils.folder", "utils.pipeline")
 
 
 def interrupt_on_sigterm():
@@ -36,6 +51,26 @@ def claim_save_dir(args, cfg_A, cfg_B, plan, accelerator):
         try:
             HELD.append(SaveFolderLock(args.save_dir))
             check_and_record(args.save_dir, run_settings(args, cfg_A, cfg_B, plan), args.overwrite)
+        except UserError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        with with_peers():
+            error = broadcast_object_list([error])[0]
+    if error:
+        raise UserError(error)
+
+
+def claim_folder(save_dir, accelerator, check):
+    """The training script's claim on its run folder: locked for this run, then ``check()`` (which raises
+    UserError to refuse it) on the main process; every process stops on its verdict."""
+    from .lock import SaveFolderLock
+
+    error = None
+    if accelerator.is_main_process:
+        try:
+            HELD.append(SaveFolderLock(save_dir))
+            check()
         except UserError as e:
             error = str(e)
     if accelerator.num_processes > 1:
@@ -81,21 +116,16 @@ def _simple_launcher() -> bool:
         return False
 
 
-def import_libraries():
-    """Import the heavy libraries with Ctrl-C and SIGTERM held back: a signal that lands inside an import
-    leaves a module half made (numpy then fails on every later import). A held signal becomes an
-    interruption, exit 130, once the imports are done (about a second)."""
+def import_libraries(libraries=SAMPLING_LIBRARIES):
+    """Import the heavy libraries (and the script's own ``libraries``) with Ctrl-C and SIGTERM held back:
+    a signal that lands inside an import leaves a module half made (numpy then fails on every later
+    import). A held signal becomes an interruption, exit 130, once the imports are done (about a second)."""
     held = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, f: held.append(s))
     try:
-        import accelerate  # noqa: F401
-        import torch  # noqa: F401
-        import tqdm  # noqa: F401
-
-        import utils.cli  # noqa: F401
-        import utils.folder  # noqa: F401
-        import utils.pipeline  # noqa: F401
+        for name in ("accelerate", "torch", "tqdm", *libraries):
+            importlib.import_module(name)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         interrupt_on_sigterm()
@@ -130,7 +160,7 @@ def _marks(save_dir) -> Path:
     return Path(save_dir) / TOOL_DIR
 
 
-def report_failure(error: BaseException, save_dir):
+def report_failure(error: BaseException, save_dir, wording: Wording = Wording()):
     """An unexpected exception in one of several processes: one line naming the process and where it
     happened (not a traceback per process, interleaved), a mark in the save folder so that process 0,
     which the launcher stops next, says why, and exit 1 at once: the interpreter's teardown (the process
@@ -140,7 +170,7 @@ def report_failure(error: BaseException, save_dir):
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     line = f"process {rank} failed: {type(error).__name__}{': ' + message if message else ''}{where}"
-    print(f"error: {line}; finished outputs are kept", file=sys.stderr, flush=True)
+    print(f"error: {line}; {wording.kept}", file=sys.stderr, flush=True)
     if save_dir is not None and rank != 0:
         try:
             from .images import TEMP_SUFFIX  # a temporary: a later run's clean-up removes a stale one
@@ -178,19 +208,21 @@ def failed_peers(save_dir) -> list:
     return found
 
 
-def main_guarded(argv, run) -> int:
-    """``run(args)`` for the parsed command line, with every way out turned into a message and an exit code:
-    a usage error is one line from the first process (exit 2); Ctrl-C or SIGTERM keep what is finished
-    (130); a peer that failed is named (1); an unexpected error in one of several processes is one line
-    and stops the others (alone, the traceback is the most useful report of a bug)."""
+def main_guarded(argv, run, build_parser=None, libraries=SAMPLING_LIBRARIES, wording: Wording = Wording()) -> int:
+    """``run(args)`` for the command line parsed by ``build_parser()`` (default: the sampling script's),
+    with every way out turned into a message and an exit code: a usage error is one line from the first
+    process (exit 2); Ctrl-C or SIGTERM keep what is finished (130); a peer that failed is named (1); an
+    unexpected error in one of several processes is one line and stops the others (alone, the traceback
+    is the most useful report of a bug). ``libraries`` are imported with signals held back; ``wording``
+    says what is kept. The parsed arguments need a ``save_dir``: the folder the run works in."""
     interrupt_on_sigterm()  # first: a signal while the libraries import is an interruption too
     quiet = launched_rank() != 0
     save_dir = None
     try:
         follow_launcher()
-        import_libraries()
-        from .cli import build_parser
-
+        import_libraries(libraries)
+        if build_parser is None:
+            from .cli import build_parser
         parser = build_parser()
         if quiet:  # argparse prints its own errors: once is enough
             parser.error = lambda message: sys.exit(2)
@@ -205,16 +237,15 @@ def main_guarded(argv, run) -> int:
         if not quiet:
             failed = failed_peers(save_dir)
             if failed or isinstance(e, PeerLost):
-                print(f"stopped: {' and '.join(failed) or 'another process'} failed; finished outputs are kept; "
-                      "rerun the same command to finish the rest", file=sys.stderr)
+                print(f"stopped: {' and '.join(failed) or 'another process'} failed; {wording.kept}; "
+                      f"{wording.rerun}", file=sys.stderr)
             else:
-                print("interrupted: finished outputs are written; rerun the same command to finish the rest",
-                      file=sys.stderr)
+                print(f"interrupted: {wording.written}; {wording.rerun}", file=sys.stderr)
         return 130 if isinstance(e, KeyboardInterrupt) else 1
     except Exception as e:
         if launched_world() <= 1:  # alone, a traceback is the most useful report of a bug
             raise
-        report_failure(e, save_dir)  # exits at once: the launcher then stops the others
+        report_failure(e, save_dir, wording)  # exits at once: the launcher then stops the others
     finally:
         while HELD:
             HELD.pop().release()

@@ -1,0 +1,170 @@
+"""Train the models a DDIB bridge needs on your own image folders.
+
+    accelerate launch train_ddib.py -c configs/64x64_diffusion.yaml --data_dir DATA --save_dir RUN
+    python sample_ddib.py -c RUN/config.yaml --weights RUN/ema.pt --input_dir IN --save_dir OUT \\
+        --class_A cat --class_B dog
+
+Class subfolders of DATA give a class-conditional model whose class names are the folder names; one
+folder of images gives an unconditional model of one domain. Rerunning the same command continues from
+the latest checkpoint. The work is done by the library: ``utils.train_data`` (the images and each
+step's samples), ``utils.training`` (the loop) and ``utils.train_run`` (the run folder's files); this
+script parses arguments and wires them together.
+"""
+
+import os
+import sys
+import time
+
+from utils.launch import Wording
+
+WORDING = Wording(written="the latest checkpoint is kept", kept="checkpoints are kept",
+                  rerun="rerun the same command to continue from the latest checkpoint")
+LIBRARIES = ("utils.train_cli", "utils.training", "utils.train_data", "utils.train_run")
+
+
+def _precision(flag: str, device) -> str:
+    """accelerate's mixed_precision for ``--mixed_precision`` on ``device`` (auto: 16 bits on a GPU)."""
+    import torch
+
+    from utils.pipeline import launch_precision, network_dtype
+
+    dtype = network_dtype(launch_precision(flag, os.environ.get("ACCELERATE_MIXED_PRECISION", "no")), device)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+
+
+def run(args) -> int:
+    from utils.train_cli import check_args
+
+    check_args(args)
+    import torch
+    from accelerate import Accelerator, PartialState
+    from tqdm import tqdm
+
+    from models import EncoderUNetModel, UNetModel
+    from diffusions import alphas_cumprod
+    from utils.config import build_network, load_config
+    from utils.errors import printable
+    from utils.launch import claim_folder
+    from utils.outputs import write_csv
+    from utils.train_data import TrainingSamples, cpu_count, find_images, plan_split, read_images
+    from utils.train_run import RunFolder, run_config
+    from utils.training import Cadence, Recipe, train
+
+    cfg = load_config(args.config)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = PartialState().device
+    precision = _precision(args.mixed_precision, device)
+    compile_on = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    accelerator = Accelerator(mixed_precision=precision, dynamo_backend="inductor" if compile_on else "no")
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    prefix = f"[process {rank}] " if world > 1 else ""
+
+    def say(msg):
+        if main:
+            tqdm.write(msg, file=sys.stdout)
+
+    def warn(msg):
+        if main:
+            tqdm.write(f"{prefix}warning: {msg}", file=sys.stderr)
+
+    size = cfg["model"]["image_size"]
+    found = find_images(args.data_dir, args.classes, exclude=args.save_dir)
+    workers = args.workers if args.workers is not None else (
+        0 if len(found[0]) * size * size * 3 <= args.cache_mb * 2 ** 20 else min(4, cpu_count()))
+    with tqdm(total=len(found[0]), unit="img", desc="reading images", disable=not main, leave=False) as bar:
+        data = read_images(args.data_dir, found, size, workers=max(1, workers), cache_mb=args.cache_mb,
+                           progress=bar.update, warn=warn)
+    cfg_run, notes = run_config(cfg, data.class_names, args.part)
+    split = plan_split(args.batch_size, args.micro_batch, world, rank)
+    recipe = Recipe(part=args.part, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                    lr_schedule=args.lr_schedule, warmup=args.warmup, weight_decay=args.weight_decay,
+                    grad_clip=args.grad_clip, ema=args.ema, seed=args.seed, flip=args.flip)
+    if args.sample_steps > cfg["diffusion"]["total_steps"]:
+        args.sample_steps = cfg["diffusion"]["total_steps"]
+    cadence = Cadence(log_every=args.log_every, save_every=args.save_every, keep=args.keep,
+                      sample_every=args.sample_every, sample_steps=args.sample_steps, workers=workers)
+    torch.manual_seed(args.seed)  # the initial weights: the same in every process
+    section, build = (("classifier", lambda kw: EncoderUNetModel(**kw)) if args.part == "classifier"
+                      else ("model", lambda kw: UNetModel(**kw)))
+    model = build_network(build, cfg_run[section], section).to(accelerator.device)  # a bad config fails here
+    folder = RunFolder(args.save_dir, args.part)
+    settings = {"-c": cfg_run, "--part": args.part, "--data_dir": data.identity(), "--batch_size": args.batch_size,
+                "--lr": args.lr, "--lr_schedule": args.lr_schedule, "--warmup": args.warmup,
+                "--weight_decay": args.weight_decay, "--grad_clip": args.grad_clip, "--ema": args.ema,
+                "--seed": args.seed, "--flip": args.flip,
+                "--steps": args.steps if args.lr_schedule == "cosine" else None}
+
+    def check():
+        from utils.errors import UserError
+        from utils.images import remove_temporaries
+
+        folder.check_settings(settings)
+        if args.resume and not folder.checkpoints():
+            raise UserError(f"--resume: no {args.part} checkpoint in {printable(args.save_dir)}/checkpoints to "
+                            "continue from")
+        folder.write_config(cfg_run, f"written by train_ddib.py from {args.config} and the folders of {args.data_dir}")
+        remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out
+
+    claim_folder(args.save_dir, accelerator, check)  # held until main() returns
+    if main:
+        if data.skipped:
+            where = write_csv([(p.as_posix(), r) for p, r in data.skipped], ("path", "reason"),
+                              folder.root / "skipped.csv")
+            print(f"{len(data.skipped)} unreadable file(s) skipped, listed in {printable(str(where))}", file=sys.stderr)
+        classes = (f"{len(data.class_names)} classes ({', '.join(data.class_names[:6])}"
+                   f"{', …' if len(data.class_names) > 6 else ''})" if data.class_names else "unconditional")
+        enlarged = f", {data.enlarged} smaller than {size}×{size} enlarged" if data.enlarged else ""
+        say(f"{len(data.files)} images{enlarged}, {classes}" + "".join(f"; {note}" for note in notes))
+        say(f"{args.part}: batch {args.batch_size} = {world} process{'es' if world > 1 else ''} × {split.micro_batch} "
+            f"images × {split.accumulation} accumulation step{'s' if split.accumulation > 1 else ''}; {device.type}, "
+            f"{'float32' if precision == 'no' else precision}{', compiled' if compile_on else ''}")
+
+    samples = TrainingSamples(data, size, cfg["diffusion"]["total_steps"], args.flip)
+    schedule = alphas_cumprod(cfg["diffusion"]["beta_schedule"], cfg["diffusion"]["total_steps"])
+    with tqdm(total=args.steps, unit="step", dynamic_ncols=True, disable=not main,
+              desc=f"training {args.part}") as bar:
+        outcome = train(accelerator, model, samples, split, recipe, cadence, folder, schedule,
+                        conditional=data.class_names is not None, warn=warn, say=say, progress=bar)
+    if main:
+        _report(args, folder, outcome, recipe, data)
+    if outcome.stopped:
+        raise KeyboardInterrupt
+    return 0
+
+
+def _report(args, folder, outcome, recipe, data):
+    from utils.errors import printable
+
+    save = printable(args.save_dir)
+    if outcome.images == 0:
+        print(f"{save} is already trained to step {outcome.step} (--steps {recipe.steps}); nothing to do", flush=True)
+        return
+    rate = outcome.images / max(outcome.seconds, 1e-9)
+    print(f"{'stopped at' if outcome.stopped else 'trained to'} step {outcome.step} of {recipe.steps}: "
+          f"{outcome.step - outcome.start_step} steps in {outcome.seconds:.1f}s, {rate:.1f} images/s; "
+          f"weights {', '.join(printable(str(p)) for p in outcome.weights)}", flush=True)
+    if args.part == "unet" and not outcome.stopped:
+        classes = f" --class_A {data.class_names[0]} --class_B {data.class_names[-1]}" if data.class_names else ""
+        print(f"translate with: python sample_ddib.py -c {printable(str(folder.config))} --weights "
+              f"{printable(str(folder.weights_for_sampling(recipe.ema > 0)))} --input_dir IN --save_dir OUT"
+              f"{classes}", flush=True)
+
+
+def main(argv=None) -> int:
+    """Parse, then train under the launcher's rules: one error line, exit codes, signals."""
+    from utils.launch import main_guarded
+
+    return main_guarded(argv, run, build_parser=_parser, libraries=LIBRARIES, wording=WORDING)
+
+
+def _parser():
+    from utils.train_cli import build_parser  # imported by main_guarded, with signals held back
+
+    return build_parser()
+
+
+if __name__ == "__main__":
+    from utils.launch import exit_quietly
+
+    exit_quietly(main())
