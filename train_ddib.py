@@ -32,95 +32,84 @@ def _precision(flag: str, device) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
 
 
+def _accelerator(args):
+    """The Accelerator: its device decides the precision and compiling, which it takes at construction.
+    The launcher's CPU flag is read as AcceleratorState reads it, or several CPU processes would each
+    run alone."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    precision = _precision(args.mixed_precision, device)
+    compiled = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    return Accelerator(mixed_precision=precision, dynamo_backend="inductor" if compiled else "no"), compiled
+
+
 def run(args) -> int:
     from utils.train_cli import check_args
 
     check_args(args)
     import torch
-    from accelerate import Accelerator, PartialState
     from tqdm import tqdm
 
-    from models import EncoderUNetModel, UNetModel
     from diffusions import alphas_cumprod
-    from utils.config import build_network, load_config
-    from utils.errors import printable
+    from utils.config import load_config
+    from utils.errors import UserError, printable
     from utils.launch import claim_folder
-    from utils.outputs import write_csv
-    from utils.train_data import TrainingSamples, cpu_count, find_images, plan_split, read_images
-    from utils.train_run import RunFolder, run_config
+    from utils.train_cli import train_settings
+    from utils.train_data import TrainingSamples, find_images, identity, plan_split
+    from utils.train_run import RunFolder, build_part, run_config
     from utils.training import Cadence, Recipe, train
 
     cfg = load_config(args.config)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = PartialState().device
-    precision = _precision(args.mixed_precision, device)
-    compile_on = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    accelerator = Accelerator(mixed_precision=precision, dynamo_backend="inductor" if compile_on else "no")
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    prefix = f"[process {rank}] " if world > 1 else ""
+    accelerator, compiled = _accelerator(args)
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    say, warn = _printers(main, f"[process {accelerator.process_index}] " if world > 1 else "")
 
-    def say(msg):
-        if main:
-            tqdm.write(msg, file=sys.stdout)
-
-    def warn(msg):
-        if main:
-            tqdm.write(f"{prefix}warning: {msg}", file=sys.stderr)
-
-    size = cfg["model"]["image_size"]
     found = find_images(args.data_dir, args.classes, exclude=args.save_dir)
-    workers = args.workers if args.workers is not None else (
-        0 if len(found[0]) * size * size * 3 <= args.cache_mb * 2 ** 20 else min(4, cpu_count()))
-    with tqdm(total=len(found[0]), unit="img", desc="reading images", disable=not main, leave=False) as bar:
-        data = read_images(args.data_dir, found, size, workers=max(1, workers), cache_mb=args.cache_mb,
-                           progress=bar.update, warn=warn)
-    cfg_run, notes = run_config(cfg, data.class_names, args.part)
-    split = plan_split(args.batch_size, args.micro_batch, world, rank)
+    cfg_run, notes = run_config(cfg, found[2], args.part)
+    split = plan_split(args.batch_size, args.micro_batch, world, accelerator.process_index)
     recipe = Recipe(part=args.part, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     lr_schedule=args.lr_schedule, warmup=args.warmup, weight_decay=args.weight_decay,
                     grad_clip=args.grad_clip, ema=args.ema, seed=args.seed, flip=args.flip)
-    if args.sample_steps > cfg["diffusion"]["total_steps"]:
-        args.sample_steps = cfg["diffusion"]["total_steps"]
-    cadence = Cadence(log_every=args.log_every, save_every=args.save_every, keep=args.keep,
-                      sample_every=args.sample_every, sample_steps=args.sample_steps, workers=workers)
     torch.manual_seed(args.seed)  # the initial weights: the same in every process
-    section, build = (("classifier", lambda kw: EncoderUNetModel(**kw)) if args.part == "classifier"
-                      else ("model", lambda kw: UNetModel(**kw)))
-    model = build_network(build, cfg_run[section], section).to(accelerator.device)  # a bad config fails here
+    model = build_part(cfg_run, args.part).to(accelerator.device)  # a config that builds no network fails here
     folder = RunFolder(args.save_dir, args.part)
-    settings = {"-c": cfg_run, "--part": args.part, "--data_dir": data.identity(), "--batch_size": args.batch_size,
-                "--lr": args.lr, "--lr_schedule": args.lr_schedule, "--warmup": args.warmup,
-                "--weight_decay": args.weight_decay, "--grad_clip": args.grad_clip, "--ema": args.ema,
-                "--seed": args.seed, "--flip": args.flip,
-                "--steps": args.steps if args.lr_schedule == "cosine" else None}
+    settings = train_settings(args, cfg_run, identity(args.data_dir, found))
 
     def check():
-        from utils.errors import UserError
-        from utils.images import remove_temporaries
-
         folder.check_settings(settings)
+        folder.check_config(cfg_run)
         if args.resume and not folder.checkpoints():
             raise UserError(f"--resume: no {args.part} checkpoint in {printable(args.save_dir)}/checkpoints to "
                             "continue from")
-        folder.write_config(cfg_run, f"written by train_ddib.py from {args.config} and the folders of {args.data_dir}")
-        remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out
 
-    claim_folder(args.save_dir, accelerator, check)  # held until main() returns
-    if main:
+    claim_folder(args.save_dir, accelerator, check)  # the lock is held until main() returns
+    data, workers = _read(args, found, cfg["model"]["image_size"], main, warn)
+    if main:  # the data is readable: the run is on
+        from utils.images import remove_temporaries
+        from utils.outputs import write_csv
+
+        remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out
+        folder.record_settings(settings)
+        folder.write_config(cfg_run, f"written by train_ddib.py from {args.config} and the folders of {args.data_dir}")
         if data.skipped:
             where = write_csv([(p.as_posix(), r) for p, r in data.skipped], ("path", "reason"),
                               folder.root / "skipped.csv")
             print(f"{len(data.skipped)} unreadable file(s) skipped, listed in {printable(str(where))}", file=sys.stderr)
-        classes = (f"{len(data.class_names)} classes ({', '.join(data.class_names[:6])}"
-                   f"{', …' if len(data.class_names) > 6 else ''})" if data.class_names else "unconditional")
-        enlarged = f", {data.enlarged} smaller than {size}×{size} enlarged" if data.enlarged else ""
-        say(f"{len(data.files)} images{enlarged}, {classes}" + "".join(f"; {note}" for note in notes))
+        say(_data_line(data, cfg["model"]["image_size"], notes))
         say(f"{args.part}: batch {args.batch_size} = {world} process{'es' if world > 1 else ''} × {split.micro_batch} "
-            f"images × {split.accumulation} accumulation step{'s' if split.accumulation > 1 else ''}; {device.type}, "
-            f"{'float32' if precision == 'no' else precision}{', compiled' if compile_on else ''}")
+            f"images × {split.accumulation} accumulation step{'s' if split.accumulation > 1 else ''}; "
+            f"{accelerator.device.type}, "
+            f"{'float32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision}"
+            f"{', compiled' if compiled else ''}")
 
-    samples = TrainingSamples(data, size, cfg["diffusion"]["total_steps"], args.flip)
+    cadence = Cadence(log_every=args.log_every, save_every=args.save_every, keep=args.keep,
+                      sample_every=args.sample_every,
+                      sample_steps=min(args.sample_steps, cfg["diffusion"]["total_steps"]), workers=workers)
+    samples = TrainingSamples(data, cfg["model"]["image_size"], cfg["diffusion"]["total_steps"], args.flip)
     schedule = alphas_cumprod(cfg["diffusion"]["beta_schedule"], cfg["diffusion"]["total_steps"])
     with tqdm(total=args.steps, unit="step", dynamic_ncols=True, disable=not main,
               desc=f"training {args.part}") as bar:
@@ -131,6 +120,41 @@ def run(args) -> int:
     if outcome.stopped:
         raise KeyboardInterrupt
     return 0
+
+
+def _printers(main: bool, prefix: str):
+    """say (stdout) and warn (stderr), from the main process only, above the progress bar."""
+    from tqdm import tqdm
+
+    def say(msg):
+        if main:
+            tqdm.write(msg, file=sys.stdout)
+
+    def warn(msg):
+        if main:
+            tqdm.write(f"{prefix}warning: {msg}", file=sys.stderr)
+    return say, warn
+
+
+def _read(args, found, size: int, main: bool, warn):
+    """The images read once, with a progress bar; and the loader's worker count (none when cached)."""
+    from tqdm import tqdm
+
+    from utils.train_data import cpu_count, read_images
+
+    cached = len(found[0]) * size * size * 3 <= args.cache_mb * 2 ** 20
+    workers = args.workers if args.workers is not None else (0 if cached else min(4, cpu_count()))
+    with tqdm(total=len(found[0]), unit="img", desc="reading images", disable=not main, leave=False) as bar:
+        data = read_images(args.data_dir, found, size, workers=max(1, workers), cache_mb=args.cache_mb,
+                           progress=bar.update, warn=warn)
+    return data, workers
+
+
+def _data_line(data, size: int, notes) -> str:
+    classes = (f"{len(data.class_names)} classes ({', '.join(data.class_names[:6])}"
+               f"{', …' if len(data.class_names) > 6 else ''})" if data.class_names else "unconditional")
+    enlarged = f", {data.enlarged} smaller than {size}×{size} enlarged" if data.enlarged else ""
+    return f"{len(data.files)} images{enlarged}, {classes}" + "".join(f"; {note}" for note in notes)
 
 
 def _report(args, folder, outcome, recipe, data):

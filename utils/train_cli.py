@@ -135,3 +135,13 @@ def check_args(args) -> None:
         raise UserError("--part classifier needs classes: it learns to tell the class folders apart")
     if args.ema is None:
         args.ema = DEFAULT_EMA[args.part]
+
+
+def train_settings(args, cfg_run: dict, data_identity: str) -> dict:
+    """What decides a part's weights, keyed by the flag a user would change: a rerun into the run folder
+    must match it. ``--steps`` only matters to a cosine schedule (a constant one can train on)."""
+    return {"-c": cfg_run, "--part": args.part, "--data_dir": data_identity, "--batch_size": args.batch_size,
+            "--lr": args.lr, "--lr_schedule": args.lr_schedule, "--warmup": args.warmup,
+            "--weight_decay": args.weight_decay, "--grad_clip": args.grad_clip, "--ema": args.ema,
+            "--seed": args.seed, "--flip": args.flip,
+            "--steps": args.steps if args.lr_schedule == "cosine" else None}

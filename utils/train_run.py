@@ -54,6 +54,9 @@ def run_config(cfg: dict, class_names, part: str) -> tuple:
         raise UserError(f"train_ddib.py trains guided-diffusion's UNet (family adm), not {cfg['family']!r}")
     if part == "classifier" and cfg.get("classifier") is None:
         raise UserError("--part classifier needs a 'classifier' section in the config (EncoderUNetModel sizes)")
+    if part == "classifier" and not class_names:
+        raise UserError("--part classifier needs class folders: a noisy classifier learns to tell classes apart, "
+                        "and these images form one unconditional domain")
     count = len(class_names) if class_names else None
     out = {"family": "adm", "model": {**cfg["model"], "num_classes": count}, "diffusion": dict(cfg["diffusion"]),
            "classifier": {**cfg["classifier"], "out_channels": count} if count and cfg.get("classifier") else None}
@@ -67,6 +70,17 @@ def run_config(cfg: dict, class_names, part: str) -> tuple:
     if class_names:
         out["class_names"] = list(class_names)
     return out, notes
+
+
+def build_part(cfg_run: dict, part: str) -> torch.nn.Module:
+    """The network ``part`` trains, freshly initialised from torch's seed (sizes checked first)."""
+    from models import EncoderUNetModel, UNetModel
+
+    from .config import build_network
+
+    if part == "classifier":
+        return build_network(lambda kw: EncoderUNetModel(**kw), cfg_run["classifier"], "classifier")
+    return build_network(lambda kw: UNetModel(**kw), cfg_run["model"], "model")
 
 
 class RunFolder:
@@ -86,16 +100,21 @@ class RunFolder:
 
     # -- the config ---------------------------------------------------------------------------------
 
+    def check_config(self, cfg: dict) -> None:
+        """A run folder holds one model: a config.yaml that differs from ``cfg`` (another part trained with
+        another -c or other class folders) is refused."""
+        from .config import load_config
+
+        if self.config.is_file() and load_config(self.config) != cfg:
+            raise UserError(f"{printable(str(self.config))} describes another model (another -c or other class "
+                            "folders); train into another --save_dir")
+
     def write_config(self, cfg: dict, note: str) -> None:
-        """``RUN/config.yaml``; a run folder holds one model, so a config that differs from the one
-        already there (another part trained with another -c or other data) is refused."""
+        """``RUN/config.yaml``, once, headed by ``note``; it must read back as ``cfg``."""
         from .config import load_config
 
         if self.config.is_file():
-            if load_config(self.config) == cfg:
-                return
-            raise UserError(f"{printable(str(self.config))} describes another model (another -c or other class "
-                            "folders); train into another --save_dir")
+            return
         written = json.loads(json.dumps({k: v for k, v in cfg.items() if v is not None}))  # no shared objects:
         # YAML would write them as aliases, which configs refuse
         text = "".join(f"# {line}\n" for line in note.splitlines()) + yaml.safe_dump(written, sort_keys=False,
@@ -108,25 +127,29 @@ class RunFolder:
     # -- settings -----------------------------------------------------------------------------------
 
     def check_settings(self, settings: dict) -> None:
-        """Record this part's settings on its first run; refuse a rerun whose settings differ, naming each
-        change: its checkpoints were made with the recorded ones."""
+        """Refuse a rerun whose settings differ from those this part recorded, naming each change: its
+        checkpoints were made with the recorded ones."""
         from .settings import changes
 
-        if self.settings.is_file():
-            try:
-                old = json.loads(self.settings.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                old = None
-            if not isinstance(old, dict):
-                raise UserError(f"{printable(str(self.settings))} is damaged; train into another --save_dir")
-            diff = changes(old, settings)
-            if diff:
-                raise UserError(f"--save_dir {printable(str(self.root))} holds a {self.part} run with other settings ("
-                                + "; ".join(diff) + "); rerun with the same settings to continue it, or train into "
-                                "another --save_dir")
+        if not self.settings.is_file():
             return
-        with atomic_path(self.settings) as tmp:
-            Path(tmp).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+        try:
+            old = json.loads(self.settings.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            raise UserError(f"{printable(str(self.settings))} is damaged; train into another --save_dir")
+        diff = changes(old, settings)
+        if diff:
+            raise UserError(f"--save_dir {printable(str(self.root))} holds a {self.part} run with other settings ("
+                            + "; ".join(diff) + "); rerun with the same settings to continue it, or train into "
+                            "another --save_dir")
+
+    def record_settings(self, settings: dict) -> None:
+        """Record the settings on the first run (once the data has been read: a refused run records none)."""
+        if not self.settings.is_file():
+            with atomic_path(self.settings) as tmp:
+                Path(tmp).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
 
     # -- checkpoints --------------------------------------------------------------------------------
 

@@ -170,6 +170,54 @@ def sample_grid(model, image_size: int, channels: int, num_classes: Optional[int
     return grid if grid.shape[-1] == 3 else np.repeat(grid[..., :1], 3, axis=-1)
 
 
+class LogWindow:
+    """The sums behind the next loss-log row: per-sample losses (and right answers), gradient norms and
+    images since the last row. A checkpoint keeps them (summed over every process), so the log of a
+    resumed run has the rows of an uninterrupted one."""
+
+    def __init__(self, device):
+        self.device = device
+        self.sums = torch.zeros(4, device=device)  # loss, correct, count, grad norm
+        self.steps, self.images, self.start = 0, 0, time.time()
+
+    def add_batch(self, losses: torch.Tensor, correct) -> None:
+        self.sums[0] += losses.detach().float().sum()
+        self.sums[2] += len(losses)
+        if correct is not None:
+            self.sums[1] += correct
+
+    def add_step(self, norm, images: int) -> None:
+        self.sums[3] += norm.detach().float() if torch.is_tensor(norm) else float(norm)
+        self.steps += 1
+        self.images += images
+
+    def pause(self, seconds: float) -> None:
+        """Time not spent training (samples, checkpoints) leaves the images/s alone."""
+        self.start += seconds
+
+    def totals(self, accelerator) -> torch.Tensor:
+        """The sums over every process (a collective: every process calls it at the same step)."""
+        return accelerator.reduce(self.sums.clone(), reduction="sum") if accelerator.num_processes > 1 else self.sums
+
+    def state(self, accelerator) -> dict:
+        return {"sums": self.totals(accelerator).cpu().clone(), "steps": self.steps}
+
+    def load(self, state: dict, main: bool) -> None:
+        if main:  # the other processes' shares are in the main process's sums
+            self.sums = state["sums"].to(self.device)
+        self.steps = state["steps"]
+
+    def row(self, accelerator, recipe: "Recipe", step: int, elapsed: float) -> list:
+        """One loss-log row, and a fresh window."""
+        loss, correct, count, norm = self.totals(accelerator).tolist()
+        row = [step, loss / max(count, 1)] + ([correct / max(count, 1)] if recipe.part == "classifier" else [])
+        row += [recipe.lr_at(step - 1), (norm if accelerator.num_processes == 1 else norm / accelerator.num_processes)
+                / max(self.steps, 1), self.images / max(time.time() - self.start, 1e-9), round(elapsed, 1)]
+        self.sums.zero_()
+        self.steps, self.images, self.start = 0, 0, time.time()
+        return row
+
+
 @dataclass
 class Outcome:
     """How a call to ``train`` ended."""
@@ -215,9 +263,9 @@ def train(accelerator, model: torch.nn.Module, samples: TrainingSamples, split: 
         progress.reset(total=recipe.steps)
         progress.update(step)
     start = time.time()
-    window = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device),
-              "count": torch.zeros((), device=device), "norm": torch.zeros((), device=device), "steps": 0,
-              "time": time.time(), "images": 0}
+    window = LogWindow(device)
+    if state is not None and state.get("window") is not None:
+        window.load(state["window"], main)
     saved = step
     with DeferredStop(world == 1) as stop:
         wrapped.train()
@@ -232,10 +280,7 @@ def train(accelerator, model: torch.nn.Module, samples: TrainingSamples, split: 
                 with nullcontext() if sync or world == 1 else accelerator.no_sync(wrapped):
                     losses, correct = batch_loss(recipe.part, wrapped, batch, ac, conditional, device)
                     accelerator.backward(losses.mean() / split.accumulation)
-                window["loss"] += losses.detach().sum()
-                window["count"] += len(losses)
-                if correct is not None:
-                    window["correct"] += correct
+                window.add_batch(losses, correct)
             norm = accelerator.clip_grad_norm_(model.parameters(),
                                                recipe.grad_clip if recipe.grad_clip > 0 else float("inf"))
             wrapped_optimizer.step()
@@ -243,15 +288,13 @@ def train(accelerator, model: torch.nn.Module, samples: TrainingSamples, split: 
             if ema is not None:
                 ema.update(model, step)
             step += 1
-            window["norm"] += norm.detach().float() if torch.is_tensor(norm) else float(norm)
-            window["steps"] += 1
-            window["images"] += recipe.batch_size
+            window.add_step(norm, recipe.batch_size)
             outcome.images += recipe.batch_size
             if progress is not None:
                 progress.update(1)
             last = step == recipe.steps
-            if step % cadence.log_every == 0 or last or stop.requested:
-                history.append(_log_row(accelerator, recipe, window, step, elapsed_before + time.time() - start))
+            if step % cadence.log_every == 0 or last:
+                history.append(window.row(accelerator, recipe, step, elapsed_before + time.time() - start))
                 if not math.isfinite(history[-1][1]):
                     raise UserError(f"the loss is {history[-1][1]} at step {step}: training diverged; lower --lr or "
                                     f"raise --warmup (the checkpoint of step {saved} is kept)")
@@ -265,12 +308,13 @@ def train(accelerator, model: torch.nn.Module, samples: TrainingSamples, split: 
                                               model.in_channels, model.num_classes if conditional else None, ac,
                                               recipe.seed, cadence.sample_steps, device), step)
             if step % cadence.save_every == 0 or last or stop.requested:
+                partial = window.state(accelerator)
                 if main:
-                    _checkpoint(run, model, ema, optimizer, step, history, elapsed_before + time.time() - start,
-                                recipe, cadence.keep)
+                    _checkpoint(run, model, ema, optimizer, step, history, partial,
+                                elapsed_before + time.time() - start, recipe, cadence.keep)
                     outcome.weights = run.export(model, ema.model if ema is not None else None)
                 saved = step
-            window["time"] += time.time() - paused
+            window.pause(time.time() - paused)
             if stop.requested:
                 outcome.stopped = True
                 break
@@ -278,28 +322,9 @@ def train(accelerator, model: torch.nn.Module, samples: TrainingSamples, split: 
     return outcome
 
 
-def _log_row(accelerator, recipe: Recipe, window: dict, step: int, elapsed: float) -> list:
-    """One loss-log row for the steps since the last one (loss averaged over every process), and a
-    fresh window."""
-    totals = torch.stack([window["loss"], window["correct"], window["count"]]).float()
-    if accelerator.num_processes > 1:
-        totals = accelerator.reduce(totals, reduction="sum")
-    loss, correct, count = totals.tolist()
-    seconds = max(time.time() - window["time"], 1e-9)
-    row = [step, loss / max(count, 1)]
-    if recipe.part == "classifier":
-        row.append(correct / max(count, 1))
-    row += [recipe.lr_at(step - 1), float(window["norm"]) / max(window["steps"], 1), window["images"] / seconds,
-            round(elapsed, 1)]
-    for key in ("loss", "correct", "count", "norm"):
-        window[key] = torch.zeros_like(window[key]) if torch.is_tensor(window[key]) else 0.0
-    window.update(steps=0, images=0, time=time.time())
-    return row
-
-
-def _checkpoint(run: RunFolder, model, ema, optimizer, step: int, history: list, elapsed: float, recipe: Recipe,
-                keep: int) -> None:
+def _checkpoint(run: RunFolder, model, ema, optimizer, step: int, history: list, window: dict, elapsed: float,
+                recipe: Recipe, keep: int) -> None:
     state = {"step": step, "model": model.state_dict(), "ema": ema.model.state_dict() if ema is not None else None,
-             "optimizer": optimizer.state_dict(), "rng": rng_states(), "history": history, "elapsed_s": elapsed,
-             "recipe": asdict(recipe)}
+             "optimizer": optimizer.state_dict(), "rng": rng_states(), "history": history, "window": window,
+             "elapsed_s": elapsed, "recipe": asdict(recipe)}
     run.save_checkpoint(state, keep)
