@@ -192,7 +192,7 @@ class LogWindow:
         self.images += images
 
     def pause(self, seconds: float) -> None:
-        """Time not spent training (samples, checkpoints) leaves the images/s alone."""
+        """Time not spent training (logs, samples, checkpoints) leaves the images/s alone."""
         self.start += seconds
 
     def totals(self, accelerator) -> torch.Tensor:
@@ -207,14 +207,14 @@ class LogWindow:
             self.sums = state["sums"].to(self.device)
         self.steps = state["steps"]
 
-    def row(self, accelerator, recipe: "Recipe", step: int, elapsed: float) -> list:
-        """One loss-log row, and a fresh window."""
+    def row(self, accelerator, recipe: "Recipe", step: int, elapsed: float, now: float) -> list:
+        """One loss-log row for the window ending at time ``now``, and a fresh window starting then."""
         loss, correct, count, norm = self.totals(accelerator).tolist()
         row = [step, loss / max(count, 1)] + ([correct / max(count, 1)] if recipe.part == "classifier" else [])
         row += [recipe.lr_at(step - 1), (norm if accelerator.num_processes == 1 else norm / accelerator.num_processes)
-                / max(self.steps, 1), self.images / max(time.time() - self.start, 1e-9), round(elapsed, 1)]
+                / max(self.steps, 1), self.images / max(now - self.start, 1e-9), round(elapsed, 1)]
         self.sums.zero_()
-        self.steps, self.images, self.start = 0, 0, time.time()
+        self.steps, self.images, self.start = 0, 0, now
         return row
 
 
@@ -292,9 +292,9 @@ def train(accelerator, model: torch.nn.Module, samples: TrainingSamples, split: 
             outcome.images += recipe.batch_size
             if progress is not None:
                 progress.update(1)
-            last = step == recipe.steps
-            if step % cadence.log_every == 0 or last:
-                history.append(window.row(accelerator, recipe, step, elapsed_before + time.time() - start))
+            last, now = step == recipe.steps, time.time()  # what follows is not training: the log's images/s
+            if step % cadence.log_every == 0 or last:  # leaves it out
+                history.append(window.row(accelerator, recipe, step, elapsed_before + now - start, now))
                 if not math.isfinite(history[-1][1]):
                     raise UserError(f"the loss is {history[-1][1]} at step {step}: training diverged; lower --lr or "
                                     f"raise --warmup (the checkpoint of step {saved} is kept)")
@@ -302,7 +302,6 @@ def train(accelerator, model: torch.nn.Module, samples: TrainingSamples, split: 
                     progress.set_postfix_str(f"loss {history[-1][1]:.4g}, {history[-1][-2]:.1f} img/s", refresh=False)
                 if main:
                     run.write_log(_columns(recipe.part), history)
-            paused = time.time()  # samples and checkpoints do not count in the images/s of the log
             if main and recipe.part == "unet" and cadence.sample_every and (step % cadence.sample_every == 0 or last):
                 run.write_samples(sample_grid(ema.model if ema is not None else model, samples.image_size,
                                               model.in_channels, model.num_classes if conditional else None, ac,
@@ -314,7 +313,7 @@ def train(accelerator, model: torch.nn.Module, samples: TrainingSamples, split: 
                                 elapsed_before + time.time() - start, recipe, cadence.keep)
                     outcome.weights = run.export(model, ema.model if ema is not None else None)
                 saved = step
-            window.pause(time.time() - paused)
+            window.pause(time.time() - now)
             if stop.requested:
                 outcome.stopped = True
                 break
