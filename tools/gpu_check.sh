@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # GPU check: the README's digits demo through sample_ddib.py (default precision against
 # float32), golden-fixture faithfulness of the fast path on CUDA, layer micro-benchmarks of the fused
-# upsampling and GroupNorm variants at the 256x256 UNet's shapes (tools/layer_bench.py), then the DDIB
-# speed benchmark of the 256x256 model. Run from the repo root with OUT set to a folder:
+# upsampling and GroupNorm variants at the 256x256 UNet's shapes (tools/layer_bench.py), the DDIB
+# speed benchmark of the 256x256 model, then training: train_ddib.py on the demo digits (bf16 and
+# torch.compile by default on a GPU) and its loop's images/s against a plain loop (tools/train_bench.py,
+# both bf16 + compile). Run from the repo root with OUT set to a folder:
 #     OUT=/path/to/out bash tools/gpu_check.sh          # ~8 min on one H100/H200 (hard cap 9m40s)
 #     GPU_CHECK_TINY=1 OUT=/tmp/gc bash tools/gpu_check.sh   # seconds-to-minutes smoke test, CPU or GPU
 # Knobs: PYTHON (default python3), BENCH_BUDGET (s, default 300), BATCH_SIZES (default 32,64),
 # PATHS (default eager_fp16_gd,fast,bf16_eager,eager_fp32,fast_tuned: the baseline, the fast path,
 # what the script runs below 256 images, float32, then the tuned compile preset if the budget still
 # holds a compile), FAITH_COMPILE=1 (also compile the golden model in the
-# faithfulness check), STEPS (default script,faithfulness,layers,benchmark). Benchmark jobs run batch
-# by batch in PATHS order until the budget is spent.
+# faithfulness check), STEPS (default script,faithfulness,layers,benchmark,train), TRAIN_TIMEOUT (s, default
+# 240 per training command). Benchmark jobs run batch by batch in PATHS order until the budget is spent.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT to an output folder}"
@@ -19,7 +21,7 @@ mkdir -p "$OUT"
 start=$(date +%s)
 log() { echo "[gpu_check $(( $(date +%s) - start ))s] $*"; }
 status=0
-want() { [[ ",${STEPS:-script,faithfulness,layers,benchmark}," == *",$1,"* ]]; }
+want() { [[ ",${STEPS:-script,faithfulness,layers,benchmark,train}," == *",$1,"* ]]; }
 
 { date -u; "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available()); print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"; nvidia-smi 2>/dev/null; } > "$OUT/env.txt" 2>&1
 log "environment: $(grep -m1 '^torch' "$OUT/env.txt")"
@@ -32,6 +34,8 @@ if [ -n "${GPU_CHECK_TINY:-}" ]; then
     BENCH_ARGS=(--config tiny --device "$DEVICE" --batch_sizes 2 --steps 2 --repeats 1
                 --paths eager_fp32,eager_fp16_gd,fast,eager_bf16_autocast,bf16_eager
                 --time_budget 900 --compile_reserve 0 --probe_micro_batch --profile fast)
+    TRAIN_ARGS=(--steps 4 --batch_size 16 --sample_every 4 --threads 1)
+    TRAIN_BENCH_ARGS=(--device "$DEVICE" --batch_size 8 --steps 4 --rounds 1)
 else
     DEVICE=cuda
     SCRIPT_TIMEOUT=40
@@ -41,6 +45,8 @@ else
                 --steps 10 --paths "${PATHS:-eager_fp16_gd,fast,bf16_eager,eager_fp32,fast_tuned}"
                 --time_budget "${BENCH_BUDGET:-300}" --compile_reserve 150 --probe_micro_batch
                 --profile fast,fast_tuned,eager_fp16_gd)
+    TRAIN_ARGS=(--steps 60 --batch_size 64 --sample_every 60)
+    TRAIN_BENCH_ARGS=(--device cuda --mixed_precision bf16 --compile on --batch_size 256 --steps 60 --rounds 2)
 fi
 [ -n "${FAITH_COMPILE:-}" ] && FAITH_ARGS+=(--compile)
 
@@ -79,5 +85,17 @@ if want benchmark; then
     [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "benchmark FAILED or timed out (see benchmark.log)"; }
 fi
 
-log "done, status $status; results in $OUT: benchmark.md benchmark.json faithfulness.json layer_bench.json script.log env.txt"
+if want train; then
+    log "train_ddib.py on the demo digits on $DEVICE (GPU: bf16 and torch.compile by default)"
+    timeout "${TRAIN_TIMEOUT:-240}" "$PY" train_ddib.py -c configs/digits.yaml --data_dir assets/digits \
+        --save_dir "$OUT/train_run" "${TRAIN_ARGS[@]}" --log_every 10 --save_every 1000 --sample_steps 10 2>&1 \
+        | tail -4 | tee "$OUT/train.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "train_ddib.py FAILED (see train.log)"; }
+    log "training images/s on $DEVICE: train_ddib's loop against a plain loop (tools/train_bench.py)"
+    timeout "${TRAIN_TIMEOUT:-240}" "$PY" tools/train_bench.py --data_dir assets/digits "${TRAIN_BENCH_ARGS[@]}" \
+        --out "$OUT" 2>&1 | grep -v "step/s" | tee "$OUT/train_bench.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; log "train_bench FAILED or timed out (see train_bench.log)"; }
+fi
+
+log "done, status $status; results in $OUT: benchmark.md benchmark.json faithfulness.json layer_bench.json script.log train.log train_bench.json env.txt"
 exit $status
