@@ -157,6 +157,14 @@ def test_crash_and_stop_resume_to_the_same_weights(config, data, tmp_path, capsy
     assert [r["step"] for r in ours] == ["2", "4", "6", "8", "10", "12"]  # the stop at 9 adds no row
 
 
+def test_loader_workers_read_what_the_memory_cache_holds(config, data, tmp_path, capsys):
+    """Images read by two loader processes (nothing cached) train the same weights, bit for bit."""
+    steps = ["--log_every", 2, "--sample_every", 0]
+    assert train(capsys, *common(config, data, tmp_path / "cached", 4, *steps))[0] == 0
+    assert train(capsys, *common(config, data, tmp_path / "read", 4, *steps, "--cache_mb", 0, "--workers", 2))[0] == 0
+    assert (tmp_path / "cached" / "ema.pt").read_bytes() == (tmp_path / "read" / "ema.pt").read_bytes()
+
+
 def test_classifier_part_and_unconditional_folder(config, data, tmp_path, capsys):
     run = tmp_path / "run"
     code, out, err = train(capsys, *common(config, data, run, 4, "--part", "classifier", "--log_every", 2))
