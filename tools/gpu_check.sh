@@ -35,7 +35,7 @@ if [ -n "${GPU_CHECK_TINY:-}" ]; then
                 --paths eager_fp32,eager_fp16_gd,fast,eager_bf16_autocast,bf16_eager
                 --time_budget 900 --compile_reserve 0 --probe_micro_batch --profile fast)
     TRAIN_ARGS=(--steps 4 --batch_size 16 --sample_every 4 --threads 1)
-    TRAIN_BENCH_ARGS=(--device "$DEVICE" --batch_size 8 --steps 4 --rounds 1)
+    TRAIN_BENCH_ARGS=(--device "$DEVICE" --batch_size 8 --steps 6 --warmup 2 --rounds 1)
 else
     DEVICE=cuda
     SCRIPT_TIMEOUT=40
@@ -46,7 +46,7 @@ else
                 --time_budget "${BENCH_BUDGET:-300}" --compile_reserve 150 --probe_micro_batch
                 --profile fast,fast_tuned,eager_fp16_gd)
     TRAIN_ARGS=(--steps 60 --batch_size 64 --sample_every 60)
-    TRAIN_BENCH_ARGS=(--device cuda --mixed_precision bf16 --compile on --batch_size 256 --steps 60 --rounds 2)
+    TRAIN_BENCH_ARGS=(--device cuda --mixed_precision bf16 --compile on --batch_size 256 --steps 60 --warmup 10 --rounds 2)
 fi
 [ -n "${FAITH_COMPILE:-}" ] && FAITH_ARGS+=(--compile)
 
