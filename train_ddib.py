@@ -117,9 +117,11 @@ def run(args) -> int:
                         conditional=data.class_names is not None, warn=warn, say=say, progress=bar)
     if main:
         _report(args, folder, outcome, recipe, data)
+        if outcome.error:
+            print(f"error: {outcome.error}", file=sys.stderr)
     if outcome.stopped:
         raise KeyboardInterrupt
-    return 0
+    return 1 if outcome.error else 0
 
 
 def _printers(main: bool, prefix: str):
@@ -165,10 +167,11 @@ def _report(args, folder, outcome, recipe, data):
         print(f"{save} is already trained to step {outcome.step} (--steps {recipe.steps}); nothing to do", flush=True)
         return
     rate = outcome.images / max(outcome.seconds, 1e-9)
-    print(f"{'stopped at' if outcome.stopped else 'trained to'} step {outcome.step} of {recipe.steps}: "
-          f"{outcome.step - outcome.start_step} steps in {outcome.seconds:.1f}s, {rate:.1f} images/s; "
-          f"weights {', '.join(printable(str(p)) for p in outcome.weights)}", flush=True)
-    if args.part == "unet" and not outcome.stopped:
+    print(f"{'stopped at' if outcome.stopped or outcome.error else 'trained to'} step {outcome.step} of {recipe.steps}: "
+          f"{outcome.step - outcome.start_step} steps in {outcome.seconds:.1f}s, {rate:.1f} images/s"
+          + (f"; weights {', '.join(printable(str(p)) for p in outcome.weights)}" if outcome.weights else ""),
+          flush=True)
+    if args.part == "unet" and not (outcome.stopped or outcome.error):
         classes = f" --class_A {data.class_names[0]} --class_B {data.class_names[-1]}" if data.class_names else ""
         print(f"translate with: python sample_ddib.py -c {printable(str(folder.config))} --weights "
               f"{printable(str(folder.weights_for_sampling(recipe.ema > 0)))} --input_dir IN --save_dir OUT"

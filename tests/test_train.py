@@ -3,6 +3,7 @@ sample_ddib.py, a crashed or stopped run resumes to the same weights bit for bit
 one-line errors, and the draws and losses the loop rests on."""
 
 import csv
+import errno
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from diffusions.losses import q_sample, unet_loss, variational_term  # noqa: E40
 from utils.checkpoints import load_network  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.train_data import StepBatches, class_order, plan_split  # noqa: E402
+from utils.train_run import RunFolder  # noqa: E402
 from utils.training import EMA, Recipe  # noqa: E402
 
 SECTION = {"image_size": 8, "in_channels": 3, "model_channels": 32, "num_res_blocks": 1,
@@ -163,6 +165,22 @@ def test_loader_workers_read_what_the_memory_cache_holds(config, data, tmp_path,
     assert train(capsys, *common(config, data, tmp_path / "cached", 4, *steps))[0] == 0
     assert train(capsys, *common(config, data, tmp_path / "read", 4, *steps, "--cache_mb", 0, "--workers", 2))[0] == 0
     assert (tmp_path / "cached" / "ema.pt").read_bytes() == (tmp_path / "read" / "ema.pt").read_bytes()
+
+
+def test_divergence_and_a_full_disk_stop_with_one_line(config, data, tmp_path, capsys, monkeypatch):
+    code, out, err = train(capsys, *common(config, data, tmp_path / "diverged", 10, "--lr", 1e8, "--grad_clip", 0,
+                                           "--warmup", 0, "--log_every", 2, "--sample_every", 0))
+    assert code == 1 and "stopped at step 4 of 10" in out
+    assert "error: the loss is nan at step 4: training diverged; lower --lr or raise --warmup (no checkpoint" in err
+
+    def full(self, state, keep):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.root / "checkpoints" / "x.pt"))
+
+    monkeypatch.setattr(RunFolder, "save_checkpoint", full)
+    code, out, err = train(capsys, *common(config, data, tmp_path / "full", 4, "--save_every", 2, "--sample_every", 0))
+    assert code == 1 and "stopped at step 2 of 4" in out
+    assert error_line(err).startswith("error: cannot write ") and "No space left on device (no checkpoint was " \
+        "written yet); free space and rerun the same command to continue" in err
 
 
 def test_classifier_part_and_unconditional_folder(config, data, tmp_path, capsys):

@@ -24,7 +24,7 @@ import torch
 from diffusions import generate, respace
 from diffusions.losses import classifier_loss, q_sample, unet_loss
 
-from .errors import UserError
+from .errors import printable
 from .images import image_seed, to_uint8
 from .train_data import Split, StepBatches, TrainingSamples, loader
 from .train_run import RunFolder
@@ -227,6 +227,7 @@ class Outcome:
     seconds: float
     weights: list
     stopped: bool = False  # by a signal, after saving
+    error: Optional[str] = None  # why the run stopped early: a diverged loss, a disk that cannot be written
 
 
 def _columns(part: str) -> list:
@@ -239,86 +240,130 @@ def train(accelerator, model: torch.nn.Module, samples: TrainingSamples, split: 
           warn: Callable[[str], None], say: Callable[[str], None], progress=None) -> Outcome:
     """Train ``model`` (a UNet or a noisy classifier, on the accelerator's device) from the latest
     checkpoint in ``run`` (or from scratch) to ``recipe.steps``. ``progress`` is a tqdm bar or None."""
-    main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
-    ema = EMA(model, recipe.ema) if recipe.ema > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    step, history, elapsed_before = 0, [], 0.0
+    loop = _Loop(accelerator, model, recipe, cadence, run, split, alphas_cumprod, conditional)
     state = run.load_latest(warn)
     if state is not None:
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.model.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng_states(state["rng"])
-        step, history, elapsed_before = state["step"], [list(r) for r in state["history"]], state["elapsed_s"]
-        if main:
-            say(f"resuming from {state['path']} (step {step})")
-    outcome = Outcome(step, step, 0, 0.0, [])
-    if step >= recipe.steps:
+        loop.restore(state)
+        if accelerator.is_main_process:
+            say(f"resuming from {state['path']} (step {loop.step})")
+    outcome = Outcome(loop.step, loop.step, 0, 0.0, [])
+    if loop.step >= recipe.steps:
         return outcome
-    wrapped, wrapped_optimizer = accelerator.prepare(model, optimizer)
-    batches = loader(samples, StepBatches(len(samples), recipe.seed, split, step, recipe.steps), cadence.workers)
-    ac = alphas_cumprod.to(device)
+    batches = iter(loader(samples, StepBatches(len(samples), recipe.seed, split, loop.step, recipe.steps),
+                          cadence.workers))
     if progress is not None:
         progress.reset(total=recipe.steps)
-        progress.update(step)
+        progress.update(loop.step)
     start = time.time()
-    window = LogWindow(device)
-    if state is not None and state.get("window") is not None:
-        window.load(state["window"], main)
-    saved = step
-    with DeferredStop(world == 1) as stop:
-        wrapped.train()
-        it = iter(batches)
-        while step < recipe.steps:
-            torch.manual_seed(image_seed(recipe.seed, f"dropout/{step}/{accelerator.process_index}"))
-            for group in wrapped_optimizer.param_groups:
-                group["lr"] = recipe.lr_at(step)
-            for micro in range(split.accumulation):
-                batch = next(it)
-                sync = micro == split.accumulation - 1
-                with nullcontext() if sync or world == 1 else accelerator.no_sync(wrapped):
-                    losses, correct = batch_loss(recipe.part, wrapped, batch, ac, conditional, device)
-                    accelerator.backward(losses.mean() / split.accumulation)
-                window.add_batch(losses, correct)
-            norm = accelerator.clip_grad_norm_(model.parameters(),
-                                               recipe.grad_clip if recipe.grad_clip > 0 else float("inf"))
-            wrapped_optimizer.step()
-            wrapped_optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(model, step)
-            step += 1
-            window.add_step(norm, recipe.batch_size)
+    with DeferredStop(accelerator.num_processes == 1) as stop:
+        while loop.step < recipe.steps and not (outcome.stopped or outcome.error):
+            loop.optimizer_step(batches)
             outcome.images += recipe.batch_size
             if progress is not None:
                 progress.update(1)
-            last, now = step == recipe.steps, time.time()  # what follows is not training: the log's images/s
-            if step % cadence.log_every == 0 or last:  # leaves it out
-                history.append(window.row(accelerator, recipe, step, elapsed_before + now - start, now))
-                if not math.isfinite(history[-1][1]):
-                    raise UserError(f"the loss is {history[-1][1]} at step {step}: training diverged; lower --lr or "
-                                    f"raise --warmup (the checkpoint of step {saved} is kept)")
-                if progress is not None:
-                    progress.set_postfix_str(f"loss {history[-1][1]:.4g}, {history[-1][-2]:.1f} img/s", refresh=False)
-                if main:
-                    run.write_log(_columns(recipe.part), history)
-            if main and recipe.part == "unet" and cadence.sample_every and (step % cadence.sample_every == 0 or last):
-                run.write_samples(sample_grid(ema.model if ema is not None else model, samples.image_size,
-                                              model.in_channels, model.num_classes if conditional else None, ac,
-                                              recipe.seed, cadence.sample_steps, device), step)
-            if step % cadence.save_every == 0 or last or stop.requested:
-                partial = window.state(accelerator)
-                if main:
-                    _checkpoint(run, model, ema, optimizer, step, history, partial,
-                                elapsed_before + time.time() - start, recipe, cadence.keep)
-                    outcome.weights = run.export(model, ema.model if ema is not None else None)
-                saved = step
-            window.pause(time.time() - now)
-            if stop.requested:
-                outcome.stopped = True
-                break
-    outcome.step, outcome.seconds = step, time.time() - start
+            outcome.error = loop.bookkeeping(samples.image_size, stop.requested, outcome, progress)
+            outcome.stopped = stop.requested
+    outcome.step, outcome.seconds = loop.step, time.time() - start
     return outcome
+
+
+class _Loop:
+    """One training run's state (model, EMA, optimizer, step, loss log) and its two moves: an
+    optimizer step, and the logging, sampling and saving that may follow it."""
+
+    def __init__(self, accelerator, model, recipe: Recipe, cadence: Cadence, run: RunFolder, split: Split,
+                 alphas_cumprod: torch.Tensor, conditional: bool):
+        self.accelerator, self.model, self.recipe, self.cadence, self.run = accelerator, model, recipe, cadence, run
+        self.split, self.conditional = split, conditional
+        self.ac = alphas_cumprod.to(accelerator.device)
+        self.ema = EMA(model, recipe.ema) if recipe.ema > 0 else None
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        self.step, self.saved, self.history, self.elapsed_before = 0, 0, [], 0.0
+        self.window = LogWindow(accelerator.device)
+        self.started = time.time()
+        self.wrapped = self.wrapped_optimizer = None
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint: every piece of state it holds."""
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        restore_rng_states(state["rng"])
+        self.step = self.saved = state["step"]
+        self.history, self.elapsed_before = [list(r) for r in state["history"]], state["elapsed_s"]
+        if state.get("window") is not None:
+            self.window.load(state["window"], self.accelerator.is_main_process)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    def optimizer_step(self, batches) -> None:
+        """Accumulate the gradients of this process's micro-batches (synchronised across processes on the
+        last), clip, step, update the EMA. Dropout is reseeded from the step: a resume redraws it."""
+        acc, recipe, split = self.accelerator, self.recipe, self.split
+        if self.wrapped is None:
+            self.wrapped, self.wrapped_optimizer = acc.prepare(self.model, self.optimizer)
+            self.wrapped.train()
+            self.started = time.time()
+        torch.manual_seed(image_seed(recipe.seed, f"dropout/{self.step}/{acc.process_index}"))
+        for group in self.wrapped_optimizer.param_groups:
+            group["lr"] = recipe.lr_at(self.step)
+        for micro in range(split.accumulation):
+            last = micro == split.accumulation - 1
+            with nullcontext() if last or acc.num_processes == 1 else acc.no_sync(self.wrapped):
+                losses, correct = batch_loss(recipe.part, self.wrapped, next(batches), self.ac, self.conditional,
+                                             acc.device)
+                acc.backward(losses.mean() / split.accumulation)
+            self.window.add_batch(losses, correct)
+        norm = acc.clip_grad_norm_(self.model.parameters(), recipe.grad_clip if recipe.grad_clip > 0 else float("inf"))
+        self.wrapped_optimizer.step()
+        self.wrapped_optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
+        self.step += 1
+        self.window.add_step(norm, recipe.batch_size)
+
+    def _kept(self) -> str:
+        return f"the checkpoint of step {self.saved} is kept" if self.saved else "no checkpoint was written yet"
+
+    def bookkeeping(self, image_size: int, stopping: bool, outcome: Outcome, progress) -> Optional[str]:
+        """The loss log, sample grids and checkpoints due after this step (a checkpoint too when
+        ``stopping``); returns why the run cannot go on (a diverged loss, a full disk), else None."""
+        step, cadence, main = self.step, self.cadence, self.accelerator.is_main_process
+        last, now = step == self.recipe.steps, time.time()  # from here on it is not training: the log's
+        try:                                                # images/s leaves it out
+            if step % cadence.log_every == 0 or last:
+                self.history.append(self.window.row(self.accelerator, self.recipe, step, self.elapsed(), now))
+                loss = self.history[-1][1]
+                if not math.isfinite(loss):
+                    return (f"the loss is {loss} at step {step}: training diverged; lower --lr or raise --warmup "
+                            f"({self._kept()})")
+                if progress is not None:
+                    progress.set_postfix_str(f"loss {loss:.4g}, {self.history[-1][-2]:.1f} img/s", refresh=False)
+                if main:
+                    self.run.write_log(_columns(self.recipe.part), self.history)
+            if main and self.recipe.part == "unet" and cadence.sample_every and (step % cadence.sample_every == 0
+                                                                                  or last):
+                net = self.ema.model if self.ema is not None else self.model
+                self.run.write_samples(sample_grid(net, image_size, net.in_channels,
+                                                   net.num_classes if self.conditional else None, self.ac,
+                                                   self.recipe.seed, cadence.sample_steps, self.accelerator.device),
+                                       step)
+            if step % cadence.save_every == 0 or last or stopping:
+                partial = self.window.state(self.accelerator)
+                if main:
+                    _checkpoint(self.run, self.model, self.ema, self.optimizer, step, self.history, partial,
+                                self.elapsed(), self.recipe, cadence.keep)
+                    outcome.weights = self.run.export(self.model, self.ema.model if self.ema is not None else None)
+                self.saved = step
+        except OSError as e:
+            where = f" {printable(e.filename)}" if isinstance(e.filename, str) else ""
+            return (f"cannot write{where}: {e.strerror or type(e).__name__} ({self._kept()}); free space and rerun "
+                    "the same command to continue")
+        finally:
+            self.window.pause(time.time() - now)
+        return None
 
 
 def _checkpoint(run: RunFolder, model, ema, optimizer, step: int, history: list, window: dict, elapsed: float,
