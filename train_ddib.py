@@ -167,7 +167,8 @@ def _report(args, folder, outcome, recipe, data):
         print(f"{save} is already trained to step {outcome.step} (--steps {recipe.steps}); nothing to do", flush=True)
         return
     rate = outcome.images / max(outcome.seconds, 1e-9)
-    print(f"{'stopped at' if outcome.stopped or outcome.error else 'trained to'} step {outcome.step} of {recipe.steps}: "
+    ended = "stopped at" if outcome.stopped or outcome.error else "trained to"
+    print(f"{ended} step {outcome.step} of {recipe.steps}: "
           f"{outcome.step - outcome.start_step} steps in {outcome.seconds:.1f}s, {rate:.1f} images/s"
           + (f"; weights {', '.join(printable(str(p)) for p in outcome.weights)}" if outcome.weights else ""),
           flush=True)

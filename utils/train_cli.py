@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=_positive_int, default=3, help="checkpoints kept, the latest (default: 3)")
     p.add_argument("--sample_every", type=_count, default=1000,
                    help="steps per sample grid from the EMA UNet in SAVE_DIR/samples/, 0 for none (default: 1000)")
-    p.add_argument("--sample_steps", type=_positive_int, default=50, help="DDIM steps of the sample grids (default: 50)")
+    p.add_argument("--sample_steps", type=_positive_int, default=50,
+                   help="DDIM steps of the sample grids (default: 50)")
     p.add_argument("--workers", type=_count,
                    help="data-loading worker processes per training process (default: 0 when the images fit in "
                         "memory, else 4); the first read of the folder uses this many threads")

@@ -69,9 +69,9 @@ def class_order(names: list) -> list:
     words = sorted((n for n in names if not _numeric(n)), key=lambda n: (n.casefold(), n))
     for label, name in enumerate(numbers):
         if int(name) != label:
-            raise UserError(f"class folders named by numbers must be 0, 1, 2, … without gaps (found "
-                            f"{', '.join(numbers[:8])}{', …' if len(numbers) > 8 else ''}): folder {name!r} would get "
-                            f"label {label}; rename the folders, or name them by words")
+            found = ", ".join(numbers[:8]) + (", …" if len(numbers) > 8 else "")
+            raise UserError(f"class folders named by numbers must be 0, 1, 2, … without gaps (found {found}): folder "
+                            f"{name!r} would get label {label}; rename the folders, or name them by words")
     return numbers + words
 
 

@@ -147,7 +147,8 @@ def sample_grid(model, image_size: int, channels: int, num_classes: Optional[int
     """A grid of samples from the same seeded noise every time (one row per class, up to ten classes
     evenly spread; four rows when unconditional), DDIM with x₀ clipped: what the model makes of noise."""
     if num_classes:
-        rows = sorted({round(i * (num_classes - 1) / max(1, min(num_classes, 10) - 1)) for i in range(min(num_classes, 10))})
+        shown = min(num_classes, 10)
+        rows = sorted({round(i * (num_classes - 1) / max(1, shown - 1)) for i in range(shown)})
     else:
         rows = [None] * 4
     gen = torch.Generator().manual_seed(image_seed(seed, "samples"))
@@ -165,8 +166,8 @@ def sample_grid(model, image_size: int, channels: int, num_classes: Optional[int
     size = image_size * scale
     grid = np.full((len(rows) * (size + gap) + gap, columns * (size + gap) + gap, tiles.shape[-1]), 255, np.uint8)
     for i, tile in enumerate(tiles):
-        r, c = divmod(i, columns)
-        grid[gap + r * (size + gap):gap + r * (size + gap) + size, gap + c * (size + gap):gap + c * (size + gap) + size] = tile
+        top, left = (gap + k * (size + gap) for k in divmod(i, columns))
+        grid[top:top + size, left:left + size] = tile
     return grid if grid.shape[-1] == 3 else np.repeat(grid[..., :1], 3, axis=-1)
 
 
