@@ -13,7 +13,6 @@ script parses arguments and wires them together.
 
 import os
 import sys
-import time
 
 from utils.launch import Wording
 

@@ -14,7 +14,6 @@ the comparison fair on a machine that other work shares.
 """
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -22,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
