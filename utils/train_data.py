@@ -130,7 +130,10 @@ def find_images(data_dir, classes: str = "auto", exclude=None):
                             "names go into the model's config)") from None
     names = class_order(list(per_class))
     from .config import check_class_names
-    check_class_names(names, len(names))
+    try:
+        check_class_names(names, len(names))
+    except UserError as e:  # names alike but for case: --class_B could not tell them apart
+        raise UserError(f"--data_dir {shown}: the class folders cannot all be class names: {e}") from None
     files, labels = [], []
     for label, name in enumerate(names):
         files += per_class[name]
