@@ -35,7 +35,10 @@ def _log_ticks(lo: float, hi: float) -> list:
 
 
 def _label(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1e5 else f"{value:.1e}"
+    rounded = round(value)
+    if abs(value - rounded) < 1e-9 * max(1.0, abs(value)) and abs(rounded) < 10 ** 7:
+        return f"{rounded:,}"
+    return f"{value:.3g}"
 
 
 def line_plot(path, series: dict, x_label: str = "step", y_label: str = "", log_y: bool = False) -> None:
