@@ -129,8 +129,6 @@ def check_paths(args) -> None:
         if value is None:
             raise UserError(f"{flag} is required")
     diffusers_A, diffusers_B = is_diffusers_source(args.weights), is_diffusers_source(args.weights_B)
-    if args.config is None and not diffusers_A:
-        raise UserError("--config is required for a checkpoint file (a diffusers folder or hub id needs none)")
     if args.weights_B is None and args.config_B is not None:
         raise UserError("--config_B and --weights_B go together")
     if args.weights_B is not None and args.config_B is None and not diffusers_B:
@@ -144,6 +142,8 @@ def check_paths(args) -> None:
         if value is not None and not Path(value).is_file() and not (folder_ok and (
                 flag.startswith("--weights") or Path(value).is_dir())):
             raise UserError(f"{flag}: file not found: {value}")
+    if args.config is None and not diffusers_A:
+        raise UserError("--config is required for a checkpoint file (a diffusers folder or hub id needs none)")
     inp, out = Path(args.input_dir), Path(args.save_dir)
     if not inp.is_dir():
         raise UserError(f"--input_dir: not a folder: {inp}")
