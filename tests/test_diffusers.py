@@ -8,6 +8,7 @@ level means something (each comparison also checks how much of the image is unsa
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,6 +222,14 @@ def test_dit_with_vae_and_classifier_free_guidance(models, tmp_path):
                              "--cfg_scale", "3", "--respace_steps", str(STEPS), "--t_end", str(T_END),
                              "--from_latents", str(tmp_path / "out")]) == 0
     assert np.abs(_outputs(tmp_path / "again").astype(int) - _outputs(tmp_path / "out").astype(int)).max() <= 1
+    # many targets from one inversion, another solver and spacing, and the cycle back through the VAE
+    assert sample_ddib.main(["--input_dir", str(models / "images"), "--save_dir", str(tmp_path / "many"),
+                             "--weights", str(models / "dit"), "--class_A", "dog", "--class_B", "tiger,lion",
+                             "--cfg_scale", "3", "--respace_steps", "5", "--solver", "dpm++2m",
+                             "--respace_type", "logsnr", "--t_end", "500", "--cycle"]) == 0
+    assert _outputs(tmp_path / "many", "2").shape == _outputs(tmp_path / "many", "3").shape == (2, SIZE, SIZE, 3)
+    cycle = (tmp_path / "many" / "cycle.csv").read_text().splitlines()
+    assert len(cycle) == 5 and all(float(row.split(",")[-1]) > 10 for row in cycle[1:])
 
 
 # --- against diffusers' own sampler --------------------------------------------------------------------
@@ -282,17 +291,21 @@ def test_every_prediction_type_and_a_schedule_given_as_c(models, tmp_path):
         DDIB.from_pretrained(models / "v", scheduler_config=tmp_path / "sample" / "scheduler_config.json")
 
 
-def test_hub_id_from_the_cache_offline(models, monkeypatch):
+def test_hub_id_from_the_cache_offline(models):
     """A hub id resolves through huggingface_hub's cache (the tests run with HF_HUB_OFFLINE=1 and a
-    temporary HF_HOME): the same model as its folder; an id that is not cached is one clear line."""
+    temporary HF_HOME), here in the google/ddpm-*-256 repositories' layout (model_index.json with the
+    UNet's config.json, weights and scheduler_config.json at the top): the same model as its folder.
+    An id that is not cached is one clear line."""
     from huggingface_hub import constants
 
     assert constants.HF_HUB_OFFLINE
-    repo = constants.HF_HUB_CACHE and __import__("pathlib").Path(constants.HF_HUB_CACHE) / "models--tiny--ddpm-eps"
     commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(models / "eps", repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--tiny--ddpm-eps" / "snapshots" / commit
+    shutil.copytree(models / "eps" / "unet", snapshot)
+    shutil.copy(models / "eps" / "scheduler" / "scheduler_config.json", snapshot)
+    shutil.copy(models / "eps" / "model_index.json", snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(commit)
     x = _sources(models)
     from_hub = DDIB.from_pretrained("tiny/ddpm-eps", steps=STEPS, t_end=T_END)
     from_folder = DDIB.from_pretrained(models / "eps", steps=STEPS, t_end=T_END)
