@@ -402,3 +402,14 @@ def test_settings_hash_every_file_and_bf16(models, tmp_path, capsys):
     got = half.translate(x, class_A=1, class_B=2, output="tensor")
     assert not torch.equal(got, full)  # the weights really are 16 bits wide
     assert 10 * torch.log10(4 / (got - full).pow(2).mean()) > 30  # PSNR in dB over the [-1, 1] range
+
+
+def test_speed_tool_runs_both_paths_to_the_same_images(tmp_path):
+    """tools/dit_speed.py (the comparison with DiTPipeline in docs/speed.md) on a tiny DiT: both paths
+    produce the same images from the same latent, so its timings compare like with like."""
+    from tools import dit_speed
+
+    assert dit_speed.main(["--preset", "tiny", "--image_size", "32", "--steps", "2", "--repeats", "1",
+                           "--batch", "1", "--out", str(tmp_path / "speed.json")]) == 0
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert result["max_pixel_diff"] < 1e-4 and set(result["best_s"]) == {"ours", "DiTPipeline"}

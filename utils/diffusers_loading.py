@@ -321,7 +321,7 @@ def describe(weights, schedule_from=None) -> dict:
     where = printable(str(layout.model / "config.json"))
     cls = _model_class(config, where)
     sched, sched_where = _scheduler_config(layout, schedule_from, shown)
-    prediction = sched.get("prediction_type", "epsilon")
+    prediction = sched.get("prediction_type") or ("sample" if sched.get("predict_epsilon") is False else "epsilon")
     if prediction not in PREDICTION_TYPES:
         raise UserError(f"{sched_where}: prediction_type {printable(repr(prediction), 40)} is not one of "
                         f"{', '.join(PREDICTION_TYPES)}")
@@ -360,7 +360,7 @@ def _from_pretrained(cls, folder: Path, what: str):
     import torch
 
     try:
-        return cls.from_pretrained(str(folder), torch_dtype=torch.float32).eval().requires_grad_(False)
+        return cls.from_pretrained(str(folder), dtype=torch.float32).eval().requires_grad_(False)
     except Exception as e:  # diffusers' loaders fail in many ways on damaged or mismatched files
         reason = " ".join(str(e).split())[:240] or type(e).__name__
         raise UserError(f"cannot load the {what} from {printable(str(folder))}: {printable(reason)}") from None
