@@ -171,8 +171,9 @@ def test_class_conditional_unet_eps_pipeline_folder(models, tmp_path):
     expected = reference(x, ac, unet, unet, y_A=torch.tensor([1, 1]), y_B=torch.tensor([3, 3]), clip=True)
     assert_close_levels(_outputs(tmp_path / "out"), _levels(expected), _levels(x))
     settings = json.loads((tmp_path / "out" / "_ddib" / "settings.json").read_text())
-    assert set(settings["--weights"]["files"]) == {"model_index.json", "unet/config.json", "scheduler/scheduler_config.json",
-                                                   "unet/diffusion_pytorch_model.safetensors"}
+    assert set(settings["--weights"]["files"]) == {"model_index.json", "unet/config.json",
+                                                   "unet/diffusion_pytorch_model.safetensors",
+                                                   "scheduler/scheduler_config.json"}
     assert settings["--clip_x0"] is True and settings["-c"]["family"] == "diffusers"
 
 
@@ -311,7 +312,7 @@ def test_hub_id_from_the_cache_offline(models):
     from_folder = DDIB.from_pretrained(models / "eps", steps=STEPS, t_end=T_END)
     assert torch.equal(from_hub.translate(x, class_A=1, class_B=2, output="tensor"),
                        from_folder.translate(x, class_A=1, class_B=2, output="tensor"))
-    with pytest.raises(UserError, match="tiny/absent: not in the Hugging Face cache.*HF_HUB_OFFLINE"):
+    with pytest.raises(UserError, match="tiny/absent: no such folder, and as a hub id not in the Hugging Face cache.*HF_HUB_OFFLINE"):
         DDIB.from_pretrained("tiny/absent")
 
 

@@ -48,8 +48,9 @@ class Sampling:
             raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
         if not math.isfinite(self.classifier_scale):
             raise ValueError(f"classifier_scale must be a finite number, got {self.classifier_scale}")
-        if self.cfg_scale is not None and (isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float))
-                                           or not math.isfinite(self.cfg_scale)):
+        scale = self.cfg_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                                  or not math.isfinite(scale)):
             raise ValueError(f"cfg_scale must be a finite number or None, got {self.cfg_scale!r}")
         if self.eta > 0 and not solver.stochastic:
             raise ValueError(f"eta > 0 needs a stochastic solver (ddim), not {self.solver!r}")

@@ -110,8 +110,8 @@ def _fetch(repo_id: str) -> Path:
 def _hub_problem(repo_id: str, error: Exception, offline: bool) -> str:
     name = type(error).__name__
     if offline or name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
-        return (f"{repo_id}: not in the Hugging Face cache, and the hub cannot be reached"
-                f"{' (HF_HUB_OFFLINE is set)' if offline else ''}; download it once where the network "
+        return (f"{repo_id}: no such folder, and as a hub id not in the Hugging Face cache, and the hub cannot "
+                f"be reached{' (HF_HUB_OFFLINE is set)' if offline else ''}; download it once where the network "
                 "allows, or pass a local folder")
     if name in ("RepositoryNotFoundError", "GatedRepoError"):
         return (f"{repo_id}: no such model on the hub, or it is gated or private (log in with "
@@ -229,7 +229,8 @@ def _schedule(sched: dict, where: str) -> dict:
                "beta_start": sched.get("beta_start", 0.0001), "beta_end": sched.get("beta_end", 0.02),
                "trained_betas": trained, "source": "diffusers"}
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
-        raise UserError(f"{where}: num_train_timesteps must be an integer of at least 2, got {printable(repr(steps), 40)}")
+        raise UserError(f"{where}: num_train_timesteps must be an integer of at least 2, "
+                        f"got {printable(repr(steps), 40)}")
     if trained is not None and not (isinstance(trained, list) and len(trained) == steps
                                     and all(isinstance(b, (int, float)) and 0 < b < 1 for b in trained)):
         raise UserError(f"{where}: trained_betas must list num_train_timesteps = {steps} numbers in (0, 1)")
