@@ -113,16 +113,17 @@ def run(args) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="S", help="DiT size (default: S, DiT-S/2)")
-    p.add_argument("--image_size", type=int, default=256)
+    p.add_argument("--image_size", type=int, default=256, help="image size in pixels; the latent is 8x smaller "
+                                                                "(default: 256)")
     p.add_argument("--vae", choices=sorted(VAES), default=None, help="default: sd on a GPU, tiny on the CPU")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", choices=("float32", "bf16", "fp16"), default="float32",
                    help="network precision of both sides (ours: --mixed_precision; theirs: torch_dtype)")
     p.add_argument("--batch", type=int, default=2, help="images per call (each guided call runs twice as many)")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--cfg_scale", type=float, default=4.0)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=10, help="DDIM steps of each generation (default: 10)")
+    p.add_argument("--cfg_scale", type=float, default=4.0, help="guidance scale of both sides (default: 4)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each side, alternating (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the starting latent (default: 0)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     args.vae = args.vae or ("sd" if args.device.startswith("cuda") else "tiny")
