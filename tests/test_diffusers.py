@@ -336,6 +336,21 @@ def test_mistakes_are_one_line(models, tmp_path, capsys):
         DDIB.from_pretrained(models / "v", steps=2).generate(torch.zeros(1, 3, SIZE, SIZE), class_B=1, cfg_scale=2)
 
 
+def test_class_names_from_id2label():
+    """DiT's id2label lists ImageNet's classes: then ImageNet's names, WordNet ids and synonyms serve,
+    even where a few spellings differ; other names become the model's own (see the DiT test)."""
+    from utils.classes import imagenet_classes
+    from utils.diffusers_loading import _class_names
+
+    imagenet = {str(i): ", ".join(names) for i, (_, names) in enumerate(imagenet_classes())}
+    imagenet["5"] = "crampfish, electric ray"  # one class named otherwise
+    assert _class_names({"id2label": imagenet}, 1000) is None
+    own = {str(i): f"kind {i}" for i in range(1000)}
+    assert _class_names({"id2label": own}, 1000)[292] == "kind 292"
+    assert _class_names({"id2label": {"0": "a", "1": "a"}}, 2) is None  # not distinct: numbers only
+    assert _class_names({}, 10) is None
+
+
 def test_without_diffusers_installed(models, monkeypatch):
     """diffusers is needed only for diffusers models; without it, one line with the install command."""
     monkeypatch.setitem(sys.modules, "diffusers", None)
