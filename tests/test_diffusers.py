@@ -312,7 +312,7 @@ def test_hub_id_from_the_cache_offline(models):
     from_folder = DDIB.from_pretrained(models / "eps", steps=STEPS, t_end=T_END)
     assert torch.equal(from_hub.translate(x, class_A=1, class_B=2, output="tensor"),
                        from_folder.translate(x, class_A=1, class_B=2, output="tensor"))
-    with pytest.raises(UserError, match="tiny/absent: no such folder, and as a hub id not in the Hugging Face cache.*HF_HUB_OFFLINE"):
+    with pytest.raises(UserError, match="tiny/absent is no folder here, and as a hub id it is not in the Hugging Face cache.*HF_HUB_OFFLINE"):
         DDIB.from_pretrained("tiny/absent")
 
 

@@ -110,9 +110,9 @@ def _fetch(repo_id: str) -> Path:
 def _hub_problem(repo_id: str, error: Exception, offline: bool) -> str:
     name = type(error).__name__
     if offline or name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
-        return (f"{repo_id}: no such folder, and as a hub id not in the Hugging Face cache, and the hub cannot "
-                f"be reached{' (HF_HUB_OFFLINE is set)' if offline else ''}; download it once where the network "
-                "allows, or pass a local folder")
+        return (f"{repo_id} is no folder here, and as a hub id it is not in the Hugging Face cache while the "
+                f"hub cannot be reached{' (HF_HUB_OFFLINE is set)' if offline else ''}; download it once where "
+                "the network allows, or pass a local folder")
     if name in ("RepositoryNotFoundError", "GatedRepoError"):
         return (f"{repo_id}: no such model on the hub, or it is gated or private (log in with "
                 "`hf auth login`); a local folder works too")
