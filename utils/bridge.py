@@ -1,5 +1,9 @@
 """The two halves of a bridge on batches of tensors, with the guards that keep a long run going.
 
+Each side encodes images into the state its model denoises before the inversion and decodes states
+after the generation (``models.codec``: the identity for pixel models, a VAE for latent ones), so
+callers hand in and get back images, and latents are states.
+
 The guards split a batch that runs out of memory, redo in float32 what came out non-finite under
 16-bit precision, and report per image whether the result is finite, so no caller writes a
 non-finite image.
@@ -12,6 +16,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from diffusions import generate, get_solver, invert, respace
+
+from models.codec import IDENTITY, Codec
 
 from .images import image_seed
 
@@ -28,6 +34,7 @@ class Sampling:
     classifier_scale: float = 0.0
     seed: int = 0
     t_end: Optional[int] = None  # last timestep (where inversion stops); None: what the spacing gives
+    cfg_scale: Optional[float] = None  # classifier-free guidance of the generation; None: none
 
     def timesteps(self, schedule) -> list:
         """The respaced timesteps; ``schedule`` is the step count or the ᾱ table (logsnr spacing needs ᾱ)."""
@@ -41,6 +48,10 @@ class Sampling:
             raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
         if not math.isfinite(self.classifier_scale):
             raise ValueError(f"classifier_scale must be a finite number, got {self.classifier_scale}")
+        scale = self.cfg_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                                  or not math.isfinite(scale)):
+            raise ValueError(f"cfg_scale must be a finite number or None, got {self.cfg_scale!r}")
         if self.eta > 0 and not solver.stochastic:
             raise ValueError(f"eta > 0 needs a stochastic solver (ddim), not {self.solver!r}")
         return self
@@ -66,8 +77,20 @@ class Bridge:
     fallback: Optional[Callable[[], tuple]] = None  # builds float32 (model_A, model_B, classifier) on demand
     pad_to: Optional[int] = None  # compiled networks: pad every batch to this size (one static shape)
     warn: Callable[[str], None] = print
+    codec_A: Codec = IDENTITY  # images ↔ the states model_A denoises
+    codec_B: Codec = IDENTITY
     _split_warned: bool = field(default=False, repr=False)
     _float32: Optional[tuple] = field(default=None, repr=False)
+
+    @property
+    def state_shape(self) -> tuple:
+        """The shape of one latent: what model_A denoises (the image, or a VAE's latent)."""
+        return (self.model_A.in_channels, self.model_A.image_size, self.model_A.image_size)
+
+    @property
+    def latent_space(self) -> dict:
+        """What made model_A's latents: its network family and codec (recorded in saved latents)."""
+        return {"family": getattr(self.model_A, "family", "adm"), "codec": self.codec_A.describe()}
 
     def timesteps(self, sampling: Optional[Sampling] = None) -> list:
         return (sampling or self.sampling).timesteps(self.alphas_cumprod)
@@ -115,24 +138,29 @@ class Bridge:
 
     def invert(self, x0: torch.Tensor, classes: Sequence[Optional[int]], side: str = "A",
                sampling: Optional[Sampling] = None):
-        """Images → latents with the source model (or the target's, ``side="B"``); returns (latents, ok)."""
+        """Images → latents (states) with the source model (or the target's, ``side="B"``), encoded by
+        that side's codec first; returns (latents, ok)."""
         s = sampling or self.sampling
         x0, y, ts = x0.to(self.device), _labels(classes, self.device), self.timesteps(s)
-        return self._guarded(lambda idx, nets: invert(nets[side], x0[idx], None if y is None else y[idx],
+        codec = self.codec_A if side == "A" else self.codec_B
+        return self._guarded(lambda idx, nets: invert(nets[side], codec.encode(x0[idx]), None if y is None else y[idx],
                                                       self.alphas_cumprod, ts, solver=s.solver), len(x0))
 
     def generate(self, latents: torch.Tensor, classes: Sequence[Optional[int]], keys: Sequence[str],
                  side: str = "B", guided: bool = True, sampling: Optional[Sampling] = None):
-        """Latents → images with the target model (or the source's, ``side="A"``); ``keys`` name each
-        image's noise. Returns (images, ok)."""
+        """Latents → images with the target model (or the source's, ``side="A"``), decoded by that side's
+        codec; ``keys`` name each image's noise; ``guided=False`` leaves out both kinds of guidance.
+        Returns (images, ok)."""
         s = sampling or self.sampling
         latents, y, ts = latents.to(self.device), _labels(classes, self.device), self.timesteps(s)
+        codec = self.codec_A if side == "A" else self.codec_B
 
         def fn(idx, nets):
-            return generate(nets[side], latents[idx], None if y is None else y[idx], self.alphas_cumprod, ts,
-                            eta=s.eta, clip_x0=s.clip_x0, classifier=nets["classifier"] if guided else None,
-                            classifier_scale=s.classifier_scale, solver=s.solver,
-                            noise_sampler=self._noise_sampler(s, [keys[i] for i in idx], latents.shape[1:]))
+            return codec.decode(generate(
+                nets[side], latents[idx], None if y is None else y[idx], self.alphas_cumprod, ts, eta=s.eta,
+                clip_x0=s.clip_x0, classifier=nets["classifier"] if guided else None,
+                classifier_scale=s.classifier_scale, solver=s.solver, cfg_scale=s.cfg_scale if guided else None,
+                noise_sampler=self._noise_sampler(s, [keys[i] for i in idx], latents.shape[1:])))
         return self._guarded(fn, len(latents))
 
     def _noise_sampler(self, s: Sampling, keys, shape):

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffusions import alphas_cumprod
+from diffusions import schedule_alphas
+from diffusions.schedules import schedules_differ
 
 from .bridge import Bridge, Sampling
 from .checkpoints import load_network
 from .classes import Labels
-from .config import load_config
+from .config import model_config
 from .errors import UserError
 from .images import ImageReadError, load_image, pil_to_array, to_tensor, to_uint8
 
@@ -94,6 +95,39 @@ def _prepare(nets, dtype, compile: bool, workers: int, one_at_a_time: bool):
     return tuple(None if net is None else done[id(net)] for net in nets), low
 
 
+def _load_codecs(cfg_A, weights_A, cfg_B, weights_B, device, workers: int, one_at_a_time: bool) -> tuple:
+    """Each side's image ↔ state codec (models.codec), loaded once when both sides share a model."""
+    from models.codec import IDENTITY
+
+    def load(cfg, weights):
+        if cfg.get("codec") is None:
+            return IDENTITY
+        from .diffusers_loading import load_codec
+        return load_codec(cfg, weights, device).prepare(workers, one_at_a_time)
+
+    codec_A = load(cfg_A, weights_A)
+    return codec_A, codec_A if weights_B is None else load(cfg_B, weights_B)
+
+
+def default_clip_x0(cfg: dict) -> bool:
+    """Clipping x₀ to the image range is on for pixel models (a diffusers model: as its scheduler's
+    clip_sample says) and off for latent ones, whose state is no image."""
+    if cfg.get("codec") is not None:
+        return False
+    return cfg["model"].get("clip_sample", True) if cfg.get("family") == "diffusers" else True
+
+
+def check_sampling_for(cfg_B: dict, sampling: dict) -> None:
+    """Settings the target model must allow: classifier-free guidance needs its null class, and x₀
+    clipping needs it to denoise images."""
+    if sampling.get("cfg_scale") is not None and cfg_B["model"].get("null_class") is None:
+        raise UserError("cfg_scale (classifier-free guidance) needs a model trained with a null class, such as "
+                        "DiT; the target model has none")
+    if sampling.get("clip_x0") and cfg_B.get("codec") is not None:
+        raise UserError("clip_x0 clips the denoised state to [-1, 1], and this model's state is a VAE latent, "
+                        "not an image: leave clip_x0 off")
+
+
 class DDIB:
     """A loaded bridge: ``invert`` images to latents with class A, ``generate`` images from latents
     with class B, or ``translate`` both at once. Sampling settings (``steps``, ``respace_type``,
@@ -101,9 +135,19 @@ class DDIB:
     overridden per call."""
 
     def __init__(self, bridge: Bridge, image_size: int, micro_batch: int = 8, compiled: bool = False,
-                 precision: str = "float32"):
+                 precision: str = "float32", configs: Optional[tuple] = None):
         self.bridge, self.image_size, self.micro_batch = bridge, image_size, micro_batch
         self.compiled, self.precision = compiled, precision
+        self.configs = configs  # (cfg_A, cfg_B) as loaded
+
+    @classmethod
+    def from_pretrained(cls, weights, weights_B=None, *, scheduler_config=None, scheduler_config_B=None,
+                        **kwargs) -> "DDIB":
+        """Load diffusers models: a pipeline folder, a model folder or a hub id (``google/ddpm-cat-256``)
+        for the source side, optionally another for the target side. The architecture, schedule, VAE
+        and class names come from the folder; ``scheduler_config`` gives the schedule of a model
+        folder that has none. Other arguments as ``from_files``."""
+        return cls.from_files(scheduler_config, weights, config_B=scheduler_config_B, weights_B=weights_B, **kwargs)
 
     @classmethod
     def from_files(cls, config, weights, classifier=None, *, config_B=None, weights_B=None, device=None,
@@ -112,6 +156,8 @@ class DDIB:
                    **sampling) -> "DDIB":
         """Load a model from its config (a path, or a dict from ``load_config``) and weights, and optionally
         a second model for the generation half and a noisy classifier for guidance on the target side.
+        ``weights`` may also be a diffusers folder or hub id, ``config`` then None (or the scheduler
+        config of a model folder without one); likewise ``weights_B`` and ``config_B``.
 
         precision: ``auto`` | ``no`` | ``bf16`` | ``fp16``. compile: ``auto`` (on a GPU when ``workload``,
         the number of images this process will translate, is at least 256), True/False.
@@ -122,14 +168,21 @@ class DDIB:
         alone, so outputs are bit-identical for any batch size or process count (about 2x slower on
         small models).
         """
-        cfg_A = config if isinstance(config, dict) else load_config(config)
-        cfg_B = cfg_A if config_B is None else config_B if isinstance(config_B, dict) else load_config(config_B)
+        from .diffusers_loading import is_diffusers_source
+
+        cfg_A = config if isinstance(config, dict) else model_config(config, weights)
+        if config_B is None and not is_diffusers_source(weights_B):
+            cfg_B = cfg_A  # one model, or the same architecture with other weights
+        else:
+            cfg_B = config_B if isinstance(config_B, dict) else model_config(config_B, weights_B)
         check_bridgeable(cfg_A, cfg_B)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if classifier is not None and cfg_B["classifier"] is None:
             raise UserError("a classifier was given but the target model's config has no 'classifier' section")
         sampling.setdefault("classifier_scale", 1.0 if classifier is not None else 0.0)
-        schedule = alphas_cumprod(cfg_A["diffusion"]["beta_schedule"], cfg_A["diffusion"]["total_steps"])
+        sampling.setdefault("clip_x0", default_clip_x0(cfg_B))
+        check_sampling_for(cfg_B, sampling)
+        schedule = schedule_alphas(cfg_A["diffusion"])  # the source's table (check_bridgeable: B's agrees)
         try:
             sampling = Sampling(**sampling).check(schedule)
         except (TypeError, ValueError) as e:
@@ -153,15 +206,17 @@ class DDIB:
             return model_A, model_B, clf
 
         (model_A, model_B, clf), low = _prepare(load(), dtype, compiled, workers, deterministic)
+        codec_A, codec_B = _load_codecs(cfg_A, weights, cfg_B, weights_B, device, workers, deterministic)
         if micro_batch == "auto":  # probed on the prepared networks: their dtype decides the memory
             from models.fast import pick_micro_batch
             micro_batch = pick_micro_batch(model_A, clf, device, cpu_batch=8)
         bridge = Bridge(model_A=model_A, model_B=model_B, classifier=clf, device=device, sampling=sampling,
                         alphas_cumprod=schedule, low_precision=low,
                         fallback=lambda: _prepare(load(), None, False, workers, deterministic)[0],
-                        pad_to=micro_batch if compiled and not workers else None, warn=warn)
+                        pad_to=micro_batch if compiled and not workers else None, warn=warn,
+                        codec_A=codec_A, codec_B=codec_B)
         return cls(bridge, cfg_A["model"]["image_size"], micro_batch, compiled,
-                   {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if low else "float32")
+                   {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if low else "float32", (cfg_A, cfg_B))
 
     # --- conversion -------------------------------------------------------------------------------
     def images_to_tensor(self, images) -> torch.Tensor:
@@ -239,6 +294,8 @@ class DDIB:
         return [[outs[i] for outs in per_target] for i in range(len(latents))]
 
     def _sampling(self, overrides: dict) -> Sampling:
+        if overrides and self.configs is not None:
+            check_sampling_for(self.configs[1], overrides)
         try:
             return self.bridge.with_sampling(**overrides) if overrides else self.bridge.sampling
         except (TypeError, ValueError) as e:
@@ -246,11 +303,28 @@ class DDIB:
 
 
 def check_bridgeable(cfg_A, cfg_B) -> None:
-    """Two models can bridge only through one latent space: same image shape and noise schedule."""
+    """Two models can bridge only through one latent space: the same codec (pixels, or the same VAE
+    latent), image shape and noise schedule. Schedules built by different libraries (guided-diffusion's
+    float64 ``linear`` and diffusers' float32 one) are one schedule when their ᾱ agree within
+    ``SCHEDULE_RTOL``; the bridge then samples with the source model's table."""
+    codec_A, codec_B = cfg_A.get("codec"), cfg_B.get("codec")
+    if codec_A != codec_B:
+        def space(c):
+            return "pixels" if c is None else f"a VAE latent (scaling_factor {c['scaling_factor']:g})"
+        raise UserError(f"the two models denoise different spaces ({space(codec_A)} vs {space(codec_B)}"
+                        f"{', other VAEs' if codec_A and codec_B else ''}); a bridge needs one latent space")
     for key in ("image_size", "in_channels"):
         if cfg_A["model"].get(key, 3) != cfg_B["model"].get(key, 3):
             raise UserError(f"the two models differ in {key} ({cfg_A['model'].get(key, 3)} vs "
                             f"{cfg_B['model'].get(key, 3)}); a bridge needs the same image shape on both sides")
-    if cfg_A["diffusion"] != cfg_B["diffusion"]:
-        raise UserError(f"the two models differ in their noise schedule ({cfg_A['diffusion']} vs "
-                        f"{cfg_B['diffusion']}); a bridge needs the same schedule on both sides")
+    if cfg_A["diffusion"] != cfg_B["diffusion"] and schedules_differ(schedule_alphas(cfg_A["diffusion"]),
+                                                                     schedule_alphas(cfg_B["diffusion"])):
+        raise UserError(f"the two models differ in their noise schedule ({_schedule_text(cfg_A)} vs "
+                        f"{_schedule_text(cfg_B)}); a bridge needs the same schedule on both sides")
+
+
+def _schedule_text(cfg: dict) -> str:
+    section = dict(cfg["diffusion"])
+    if section.get("trained_betas") is not None:
+        section["trained_betas"] = "[…]"
+    return str(section)
