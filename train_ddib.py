@@ -72,7 +72,8 @@ def run(args) -> int:
     split = plan_split(args.batch_size, args.micro_batch, world, accelerator.process_index)
     recipe = Recipe(part=args.part, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     lr_schedule=args.lr_schedule, warmup=args.warmup, weight_decay=args.weight_decay,
-                    grad_clip=args.grad_clip, ema=args.ema, seed=args.seed, flip=args.flip)
+                    grad_clip=args.grad_clip, ema=args.ema, seed=args.seed, flip=args.flip,
+                    hue_jitter=args.hue_jitter)
     torch.manual_seed(args.seed)  # the initial weights: the same in every process
     model = build_part(cfg_run, args.part).to(accelerator.device)  # a config that builds no network fails here
     folder = RunFolder(args.save_dir, args.part)
@@ -108,7 +109,8 @@ def run(args) -> int:
     cadence = Cadence(log_every=args.log_every, save_every=args.save_every, keep=args.keep,
                       sample_every=args.sample_every,
                       sample_steps=min(args.sample_steps, cfg["diffusion"]["total_steps"]), workers=workers)
-    samples = TrainingSamples(data, cfg["model"]["image_size"], cfg["diffusion"]["total_steps"], args.flip)
+    samples = TrainingSamples(data, cfg["model"]["image_size"], cfg["diffusion"]["total_steps"], args.flip,
+                              args.hue_jitter)
     schedule = alphas_cumprod(cfg["diffusion"]["beta_schedule"], cfg["diffusion"]["total_steps"])
     with tqdm(total=args.steps, unit="step", dynamic_ncols=True, disable=not main,
               desc=f"training {args.part}") as bar:

@@ -2,6 +2,7 @@
 sample_ddib.py, a crashed or stopped run resumes to the same weights bit for bit, bad data folders are
 one-line errors, and the draws and losses the loop rests on."""
 
+import colorsys
 import csv
 import errno
 import json
@@ -23,7 +24,7 @@ from diffusions import alphas_cumprod  # noqa: E402
 from diffusions.losses import q_sample, unet_loss, variational_term  # noqa: E402
 from utils.checkpoints import load_network  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.train_data import StepBatches, class_order, plan_split  # noqa: E402
+from utils.train_data import StepBatches, class_order, plan_split, rotate_hue  # noqa: E402
 from utils.train_run import RunFolder  # noqa: E402
 from utils.training import EMA, Recipe  # noqa: E402
 
@@ -280,6 +281,18 @@ def test_every_process_draws_its_share_of_the_same_global_batch():
     images = [i for i, _ in list(StepBatches(7, 3, plan_split(7, None, 1, 0), 0, 2))[0]]
     assert sorted(images) == list(range(7))  # one epoch: every image once
     assert len({seed for _, seed in one}) == len(one)
+
+
+def test_hue_turn_keeps_saturation_and_value():
+    """--hue_jitter's turn of the colour circle, against colorsys's HSV, pixel by pixel."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((3, 4, 5), generator=gen) * 2 - 1
+    for turn in (0.0, 0.1, -0.37, 0.5):
+        y = (rotate_hue(x, turn) + 1) / 2
+        for pixel, out in zip(((x + 1) / 2).flatten(1).T.tolist(), y.flatten(1).T.tolist()):
+            h, s, v = colorsys.rgb_to_hsv(*pixel)
+            assert max(abs(a - b) for a, b in zip(colorsys.hsv_to_rgb((h + turn) % 1, s, v), out)) < 1e-5
+    assert rotate_hue(torch.tensor([1.0, -1, -1])[:, None, None], 1 / 3).flatten().tolist() == [-1, 1, -1]
 
 
 def test_learning_rate_schedule():

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 for the classifier)")
     p.add_argument("--flip", action="store_true", help="flip half of the images horizontally (not for text, digits, "
                                                        "or anything whose mirror image is another thing)")
+    p.add_argument("--hue_jitter", type=_number(0.0, 0.5), default=0.0,
+                   help="turn each image's hue by a random fraction of the colour circle up to this (0.5: any "
+                        "hue), so colour is learnt as independent of the class; only for data whose colour "
+                        "carries no meaning (default: 0, off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and every random draw (default: 0)")
     p.add_argument("--resume", action="store_true",
                    help="insist on continuing from a checkpoint in --save_dir (a rerun into a run folder does "
@@ -144,5 +148,5 @@ def train_settings(args, cfg_run: dict, data_identity: str) -> dict:
     return {"-c": cfg_run, "--part": args.part, "--data_dir": data_identity, "--batch_size": args.batch_size,
             "--lr": args.lr, "--lr_schedule": args.lr_schedule, "--warmup": args.warmup,
             "--weight_decay": args.weight_decay, "--grad_clip": args.grad_clip, "--ema": args.ema,
-            "--seed": args.seed, "--flip": args.flip,
+            "--seed": args.seed, "--flip": args.flip, **({"--hue_jitter": args.hue_jitter} if args.hue_jitter else {}),
             "--steps": args.steps if args.lr_schedule == "cosine" else None}

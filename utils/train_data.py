@@ -254,12 +254,30 @@ class StepBatches:
                        for k in self.split.positions(micro)]
 
 
-class TrainingSamples(torch.utils.data.Dataset):
-    """Item (image index, sample seed) → (x₀ in [-1, 1], label, t, noise): the image (flipped when the
-    seed says so and flips are on), a uniform timestep and Gaussian noise, all from the sample's seed."""
+def rotate_hue(x: torch.Tensor, turn: float) -> torch.Tensor:
+    """An RGB image in [-1, 1] (3, H, W) with every pixel's hue turned by ``turn`` of the circle, its
+    saturation and value kept (exactly, through HSV)."""
+    rgb = (x + 1) / 2
+    value, argmax = rgb.max(dim=0)
+    low = rgb.min(dim=0).values
+    chroma = value - low
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    r, g, b = rgb
+    hue = torch.where(argmax == 0, ((g - b) / safe) % 6, torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = (hue / 6 + turn) % 1.0
+    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device)[:, None, None] + hue * 6) % 6  # HSV → RGB, per channel
+    out = value - chroma * (torch.minimum(k, 4 - k).clamp(0, 1))
+    return out * 2 - 1
 
-    def __init__(self, data: ImageFolder, image_size: int, total_steps: int, flip: bool):
+
+class TrainingSamples(torch.utils.data.Dataset):
+    """Item (image index, sample seed) → (x₀ in [-1, 1], label, t, noise): the image (flipped, and its hue
+    turned, when the seed says so and those are on), a uniform timestep and Gaussian noise, all from the
+    sample's seed."""
+
+    def __init__(self, data: ImageFolder, image_size: int, total_steps: int, flip: bool, hue_jitter: float = 0.0):
         self.data, self.image_size, self.total_steps, self.flip = data, image_size, total_steps, flip
+        self.hue_jitter = hue_jitter
 
     def __len__(self):
         return len(self.data.files)
@@ -283,6 +301,9 @@ class TrainingSamples(torch.utils.data.Dataset):
             x0 = x0.flip(-1)
         t = int(torch.randint(0, self.total_steps, (), generator=gen))
         noise = torch.randn(x0.shape, generator=gen)
+        if self.hue_jitter:  # drawn last: runs without it draw as before
+            turn = (float(torch.rand((), generator=gen)) * 2 - 1) * self.hue_jitter
+            x0 = rotate_hue(x0, turn) if x0.shape[0] == 3 else x0
         label = self.data.labels[index] if self.data.labels is not None else -1
         return x0.contiguous(), label, t, noise
 

@@ -46,6 +46,7 @@ class Recipe:
     ema: float = 0.9999
     seed: int = 0
     flip: bool = False
+    hue_jitter: float = 0.0
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up over ``warmup`` steps, then constant or cosine decay to zero at ``steps``."""
