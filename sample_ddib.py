@@ -17,7 +17,10 @@ from utils.errors import printable
 
 def list_classes(query: str) -> int:
     from utils.classes import describe, search
+    from utils.errors import UserError
 
+    if not query.strip():
+        raise UserError("--list_classes is empty; give a name, a WordNet id or an index")
     hits = search(query, limit=50)
     for index in hits:
         print(describe(index))

@@ -112,8 +112,24 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+PATH_FLAGS = ("config", "weights", "input_dir", "save_dir", "config_B", "weights_B", "classifier_weights",
+              "manifest", "from_latents")
+
+
+def check_given(args) -> None:
+    """An empty or blank value (an unset shell variable: ``--save_dir "$OUT"``) is no path and no
+    class: refused like a missing one, never read as the current folder."""
+    for dest in PATH_FLAGS + ("class_A", "class_B"):
+        value = getattr(args, dest, None)
+        if value is not None and not value.strip():
+            flag = "--" + dest if dest != "config" else "-c/--config"
+            raise UserError(f"{flag} is empty{' (an unset variable?)' if value == '' else ''}; give "
+                            + ("a path" if dest in PATH_FLAGS else "a class"))
+
+
 def check_paths(args) -> None:
     """Every path check that can fail before a model is built."""
+    check_given(args)
     for flag, value in (("--config", args.config), ("--weights", args.weights), ("--input_dir", args.input_dir),
                         ("--save_dir", args.save_dir)):
         if value is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 from urllib.parse import quote
 
+from .errors import INVISIBLE
 from .images import atomic_path
 
 PAGE_NAME = re.compile(r"index-([1-9][0-9]*)\.html")
@@ -71,13 +72,15 @@ SCRIPT = ("document.addEventListener('load',e=>{const i=e.target;if(i.tagName===
 
 def text(s) -> str:
     """HTML-escaped display text; bytes that are not UTF-8 (os.fsdecode's surrogates) and control
-    characters show as ``\\xNN`` rather than breaking the page's encoding."""
+    characters show as ``\\xNN`` rather than breaking the page's encoding, bidirectional controls as
+    ``\\uNNNN`` rather than reordering what is shown."""
     s = str(s)
     try:
         s = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # lone surrogates that did not come from a file name
         s = s.encode("utf-8", "backslashreplace").decode("utf-8")
-    return html.escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s))
+    s = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+    return html.escape(INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", s))
 
 
 def url(path) -> str:

@@ -1,0 +1,100 @@
+"""Command lines that cannot do what they ask are refused with one line, before any model loads: empty
+paths, a flag given twice, settings under which no translation happens, weights that are not finite."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sample_ddib
+from utils.errors import printable
+
+
+def _args(files, inp, out, *extra):
+    return [str(a) for a in ["-c", files["config"], "--weights", files["weights"], "--input_dir", inp,
+                             "--save_dir", out, "--class_A", 1, "--class_B", 2, "--respace_steps", 2, *extra]]
+
+
+@pytest.fixture()
+def one(tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "in" / "a.png")
+    return tmp_path / "in"
+
+
+def _refused(capsys, argv, match):
+    try:
+        code = sample_ddib.main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert match in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def _with(argv, flag, value):
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
+
+
+# --- empty paths ----------------------------------------------------------------------------------------
+
+def test_empty_save_dir_leaves_the_current_folder_alone(tiny_files, one, tmp_path, capsys, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    for name in ("index.html", "index-2.html", "index-7.html"):
+        (here / name).write_text(f"the user's {name}")
+    monkeypatch.chdir(here)
+    _refused(capsys, _args(tiny_files, one, ""), "--save_dir is empty")
+    assert sorted(os.listdir(here)) == ["index-2.html", "index-7.html", "index.html"]
+    assert (here / "index.html").read_text() == "the user's index.html"
+
+
+@pytest.mark.parametrize("flag", ["-c", "--weights", "--input_dir", "--save_dir", "--config_B", "--weights_B",
+                                  "--classifier_weights", "--manifest", "--from_latents", "--class_A", "--class_B"])
+@pytest.mark.parametrize("blank", ["", "  ", "\t"])
+def test_every_blank_path_or_class_is_refused(tiny_files, one, tmp_path, capsys, monkeypatch, flag, blank):
+    monkeypatch.chdir(tmp_path)  # where a blank path would land
+    argv = _args(tiny_files, one, tmp_path / "out")
+    argv = _with(argv, flag, blank) if flag in argv else argv + [flag, blank]
+    _refused(capsys, argv, f"{'-c/--config' if flag == '-c' else flag} is empty")
+    assert sorted(os.listdir(tmp_path)) == ["classifier.pt", "in", "tiny.yaml", "unet.pt"]
+
+
+def test_blank_class_query_is_refused(capsys):
+    _refused(capsys, ["--list_classes", " "], "--list_classes is empty")
+
+
+# --- a flag given twice ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra,named", [
+    (["--class_B", "3"], "--class_B is given twice"),
+    (["--respace-steps=5"], "--respace_steps is given twice"),
+    (["--no-clip_x0", "--clip-x0"], "--clip_x0 is given twice (as --no-clip_x0 and --clip_x0)"),
+    (["--save_pairs", "--save-pairs"], "--save_pairs is given twice"),
+    (["--config", "x.yaml"], "--config is given twice (as -c and --config)"),
+])
+def test_a_flag_given_twice_is_refused(tiny_files, one, tmp_path, capsys, monkeypatch, extra, named):
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, _args(tiny_files, one, tmp_path / "out", *extra), named)
+    assert not (tmp_path / "out").exists()
+
+
+def test_values_that_look_like_flags_are_no_repeats(tiny_files, one, tmp_path, capsys):
+    assert sample_ddib.main(_with(_args(tiny_files, one, tmp_path / "out", "--t_end", "900", "--seed", "-3"),
+                                  "--respace_steps", "3")) == 0
+
+
+# --- names shown as they are ----------------------------------------------------------------------------------
+
+def test_bidirectional_controls_are_escaped_in_messages_and_pages():
+    from utils.gallery import text
+    name = "invoice\u202egnp.exe\u2066\u200f.png"
+    for shown in (printable(name), text(name)):
+        assert "\u202e" not in shown and "\u2066" not in shown and "\u200f" not in shown
+        assert "\\u202e" in shown and "\\u2066" in shown and "\\u200f" in shown
