@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import sample_ddib
-from conftest import ROOT
+from conftest import ROOT, command
 
 
 def _inputs(root: Path, n=3) -> Path:
@@ -20,8 +20,8 @@ def _inputs(root: Path, n=3) -> Path:
 
 
 def _args(files, inp, out, *extra):
-    return [str(a) for a in ["-c", files["config"], "--weights", files["weights"], "--input_dir", inp,
-                             "--save_dir", out, "--class_A", 1, "--respace_steps", 2, *extra]]
+    return command(["-c", files["config"], "--weights", files["weights"], "--input_dir", inp,
+                             "--save_dir", out, "--class_A", 1, "--respace_steps", 2], *extra)
 
 
 def test_dash_spellings_and_did_you_mean(tiny_files, tmp_path, capsys):

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 import sample_ddib
-from conftest import ROOT, TINY_CONFIG
+from conftest import ROOT, TINY_CONFIG, command
 from utils.lock import SaveFolderLock
 from utils.outputs import LATENTS_DIR, output_names
 
@@ -31,8 +31,8 @@ def _img(path: Path, seed=0, size=(40, 30)):
 
 
 def _args(files, inp, out, *extra):
-    return ["-c", str(files["config"]), "--weights", str(files["weights"]), "--input_dir", str(inp),
-            "--save_dir", str(out), "--class_A", "1", "--class_B", "2", "--respace_steps", "2", *map(str, extra)]
+    return command(["-c", files["config"], "--weights", files["weights"], "--input_dir", inp, "--save_dir", out,
+                    "--class_A", 1, "--class_B", 2, "--respace_steps", 2], *extra)
 
 
 def _run(capsys, argv):

@@ -9,12 +9,13 @@ import torch
 from PIL import Image
 
 import sample_ddib
+from conftest import command
 from utils.errors import printable
 
 
 def _args(files, inp, out, *extra):
-    return [str(a) for a in ["-c", files["config"], "--weights", files["weights"], "--input_dir", inp,
-                             "--save_dir", out, "--class_A", 1, "--class_B", 2, "--respace_steps", 2, *extra]]
+    return command(["-c", files["config"], "--weights", files["weights"], "--input_dir", inp,
+                             "--save_dir", out, "--class_A", 1, "--class_B", 2, "--respace_steps", 2], *extra)
 
 
 @pytest.fixture()
@@ -44,26 +45,26 @@ def _with(argv, flag, value):
 
 # --- empty paths ----------------------------------------------------------------------------------------
 
-def test_empty_save_dir_leaves_the_current_folder_alone(tiny_files, one, tmp_path, capsys, monkeypatch):
+def test_empty_save_dir_leaves_the_current_folder_alone(shared_tiny_files, one, tmp_path, capsys, monkeypatch):
     here = tmp_path / "here"
     here.mkdir()
     for name in ("index.html", "index-2.html", "index-7.html"):
         (here / name).write_text(f"the user's {name}")
     monkeypatch.chdir(here)
-    _refused(capsys, _args(tiny_files, one, ""), "--save_dir is empty")
+    _refused(capsys, _args(shared_tiny_files, one, ""), "--save_dir is empty")
     assert sorted(os.listdir(here)) == ["index-2.html", "index-7.html", "index.html"]
     assert (here / "index.html").read_text() == "the user's index.html"
 
 
 @pytest.mark.parametrize("flag", ["-c", "--weights", "--input_dir", "--save_dir", "--config_B", "--weights_B",
                                   "--classifier_weights", "--manifest", "--from_latents", "--class_A", "--class_B"])
-@pytest.mark.parametrize("blank", ["", "  ", "\t"])
-def test_every_blank_path_or_class_is_refused(tiny_files, one, tmp_path, capsys, monkeypatch, flag, blank):
+@pytest.mark.parametrize("blank", ["", " \t"])
+def test_every_blank_path_or_class_is_refused(shared_tiny_files, one, tmp_path, capsys, monkeypatch, flag, blank):
     monkeypatch.chdir(tmp_path)  # where a blank path would land
-    argv = _args(tiny_files, one, tmp_path / "out")
+    argv = _args(shared_tiny_files, one, tmp_path / "out")
     argv = _with(argv, flag, blank) if flag in argv else argv + [flag, blank]
     _refused(capsys, argv, f"{'-c/--config' if flag == '-c' else flag} is empty")
-    assert sorted(os.listdir(tmp_path)) == ["classifier.pt", "in", "tiny.yaml", "unet.pt"]
+    assert os.listdir(tmp_path) == ["in"]
 
 
 def test_blank_class_query_is_refused(capsys):
@@ -79,14 +80,14 @@ def test_blank_class_query_is_refused(capsys):
     (["--save_pairs", "--save-pairs"], "--save_pairs is given twice"),
     (["--config", "x.yaml"], "--config is given twice (as -c and --config)"),
 ])
-def test_a_flag_given_twice_is_refused(tiny_files, one, tmp_path, capsys, monkeypatch, extra, named):
+def test_a_flag_given_twice_is_refused(shared_tiny_files, one, tmp_path, capsys, monkeypatch, extra, named):
     monkeypatch.chdir(tmp_path)
-    _refused(capsys, _args(tiny_files, one, tmp_path / "out", *extra), named)
+    _refused(capsys, _args(shared_tiny_files, one, tmp_path / "out") + extra, named)
     assert not (tmp_path / "out").exists()
 
 
-def test_values_that_look_like_flags_are_no_repeats(tiny_files, one, tmp_path, capsys):
-    assert sample_ddib.main(_with(_args(tiny_files, one, tmp_path / "out", "--t_end", "900", "--seed", "-3"),
+def test_values_that_look_like_flags_are_no_repeats(shared_tiny_files, one, tmp_path, capsys):
+    assert sample_ddib.main(_with(_args(shared_tiny_files, one, tmp_path / "out", "--t_end", "900", "--seed", "-3"),
                                   "--respace_steps", "3")) == 0
 
 
@@ -98,3 +99,31 @@ def test_bidirectional_controls_are_escaped_in_messages_and_pages():
     for shown in (printable(name), text(name)):
         assert "\u202e" not in shown and "\u2066" not in shown and "\u200f" not in shown
         assert "\\u202e" in shown and "\\u2066" in shown and "\\u200f" in shown
+
+
+# --- settings under which no translation happens ---------------------------------------------------------------
+
+@pytest.mark.parametrize("extra,match", [
+    (["--respace_steps", "1"], "--respace_steps 1 visits only t = 0: no translation happens"),
+    (["--t_end", "20"], "--t_end 20 ends the inversion at t = 20, where the noise is too weak"),
+    (["--respace_type", "none", "--t_end", "3"], "--t_end 3 ends the inversion at t = 3"),
+    (["--respace_type", "logsnr", "--t_end", "2"], "--t_end 2 ends the inversion"),
+    (["--respace_type", "quad", "--respace_steps", "1"], "--respace_steps 1 visits only t = 0"),
+    (["--t_end", "1000"], "--t_end must be below the schedule's total_steps 1000"),
+])
+def test_settings_that_return_the_source_are_refused(shared_tiny_files, one, tmp_path, capsys, extra, match):
+    _refused(capsys, command(_args(shared_tiny_files, one, tmp_path / "out"), *extra), match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_noise_floor_of_the_last_timestep():
+    from diffusions import alphas_cumprod
+    from utils.bridge import MIN_END_NOISE, Sampling, SettingError
+    linear = alphas_cumprod("linear", 1000)
+    Sampling(steps=1, respace_type="uniform-trailing").check(linear)  # one step from t = 999: a translation
+    Sampling(steps=5, t_end=30).check(linear)  # σ = 0.15 at t = 30 on the linear schedule
+    with pytest.raises(SettingError) as e:
+        Sampling(steps=5, t_end=10).check(linear)
+    assert e.value.field == "t_end" and f"< {MIN_END_NOISE}" in str(e.value)
+    with pytest.raises(SettingError, match="no translation happens"):
+        Sampling(steps=1).check(linear)

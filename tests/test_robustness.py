@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 import sample_ddib
-from conftest import ROOT, TINY_CONFIG, randomize
+from conftest import ROOT, TINY_CONFIG, command, randomize
 from diffusions import alphas_cumprod
 from models import UNetModel
 from utils.images import MAX_PIXELS, ImageReadError, load_image, scan_images
@@ -138,8 +138,8 @@ def test_scan_follows_symlinks_and_survives_loops(tmp_path):
 # --- the script: bad arguments and configs -----------------------------------------------------------
 
 def _args(files, inp, out, *extra):
-    return ["-c", str(files["config"]), "--weights", str(files["weights"]), "--input_dir", str(inp),
-            "--save_dir", str(out), "--class_A", "1", "--class_B", "2", "--respace_steps", "3", *map(str, extra)]
+    return command(["-c", files["config"], "--weights", files["weights"], "--input_dir", inp, "--save_dir", out,
+                    "--class_A", 1, "--class_B", 2, "--respace_steps", 3], *extra)
 
 
 @pytest.fixture()

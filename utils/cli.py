@@ -163,8 +163,26 @@ def check_finite(args) -> None:
         raise UserError(f"--classifier_scale must be a finite number, got {args.classifier_scale}")
 
 
+FLAG_OF = {"steps": "--respace_steps", "respace_type": "--respace_type", "solver": "--solver", "eta": "--eta",
+           "clip_x0": "--clip_x0", "classifier_scale": "--classifier_scale", "seed": "--seed", "t_end": "--t_end"}
+
+
+def sampling_of(args):
+    """The flags' sampling settings (``utils.bridge.Sampling``)."""
+    from .bridge import Sampling
+
+    scale = args.classifier_scale if args.classifier_scale is not None else (
+        1.0 if args.classifier_weights is not None else 0.0)
+    return Sampling(steps=args.respace_steps, respace_type=args.respace_type, solver=args.solver, eta=args.eta,
+                    clip_x0=args.clip_x0, classifier_scale=scale, seed=args.seed, t_end=args.t_end)
+
+
 def check_numbers(args, cfg_A, cfg_B) -> None:
     """Checks of steps, guidance and eta against the configs (class labels: see utils.jobs)."""
+    from diffusions import alphas_cumprod
+
+    from .bridge import SettingError
+
     total = cfg_A["diffusion"]["total_steps"]
     if args.respace_type != "none" and args.respace_steps > total:
         raise UserError(f"--respace_steps {args.respace_steps} is above the schedule's total_steps {total}")
@@ -180,3 +198,9 @@ def check_numbers(args, cfg_A, cfg_B) -> None:
         raise UserError(f"--eta > 0 needs --solver ddim; the {args.solver} solver is deterministic")
     if args.from_latents is not None and args.save_latents:
         raise UserError("--from_latents and --save_latents together would copy latents; use one")
+    try:  # everything the library checks too, here before any model loads
+        sampling_of(args).check(alphas_cumprod(cfg_A["diffusion"]["beta_schedule"], total))
+    except SettingError as e:
+        raise UserError(f"{FLAG_OF.get(e.field, e.field)} {e.problem}") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None

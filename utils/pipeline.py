@@ -131,8 +131,8 @@ class DDIB:
         sampling.setdefault("classifier_scale", 1.0 if classifier is not None else 0.0)
         schedule = alphas_cumprod(cfg_A["diffusion"]["beta_schedule"], cfg_A["diffusion"]["total_steps"])
         try:
-            sampling = Sampling(**sampling).check(schedule)
-        except (TypeError, ValueError) as e:
+            sampling = Sampling.make(**sampling).check(schedule)
+        except ValueError as e:
             raise UserError(str(e)) from None
         dtype = network_dtype(precision, device)
         compiled = choose_compile(compile, device, workload)
