@@ -127,3 +127,19 @@ def test_the_noise_floor_of_the_last_timestep():
     assert e.value.field == "t_end" and f"< {MIN_END_NOISE}" in str(e.value)
     with pytest.raises(SettingError, match="no translation happens"):
         Sampling(steps=1).check(linear)
+
+
+# --- weights that are not finite ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag,key,value", [("--weights", "out.2.bias", float("nan")),
+                                            ("--weights", "input_blocks.0.0.weight", float("inf")),
+                                            ("--classifier_weights", "out.2.c_proj.bias", -float("inf"))])
+def test_weights_that_are_not_finite_are_refused_at_load(shared_tiny_files, one, tmp_path, capsys, flag, key, value):
+    files = shared_tiny_files
+    state = torch.load(files["classifier" if "classifier" in flag else "weights"], weights_only=True)
+    state[key] = state[key].clone()
+    state[key].view(-1)[3] = value
+    torch.save(state, tmp_path / "bad.pt")
+    argv = command(_args(files, one, tmp_path / "out"), flag, tmp_path / "bad.pt")
+    err = _refused(capsys, argv, f"weights {tmp_path / 'bad.pt'} hold NaN or inf values in 1 ({key})")
+    assert "every image would fail" in err

@@ -356,15 +356,15 @@ def test_non_finite_batch_redone_in_float32():
 
 def test_non_finite_output_is_failed_not_written(tiny_files, one_image, tmp_path, capsys):
     state = torch.load(tiny_files["weights"], weights_only=True)
-    state["out.2.bias"] = torch.full_like(state["out.2.bias"], float("nan"))
+    state["out.2.bias"] = torch.full_like(state["out.2.bias"], 3e38)  # finite weights, an overflowing output
     torch.save(state, tmp_path / "nan.pt")
     argv = _args(tiny_files, one_image, tmp_path / "out", "--respace_steps", "2")
     argv[3] = str(tmp_path / "nan.pt")
     assert sample_ddib.main(argv) == 1
     captured = capsys.readouterr()
-    assert "failed a.png: the inversion is not finite" in captured.err
+    assert "failed a.png: the translation to class 2 is not finite" in captured.err
     assert not (tmp_path / "out" / "a.png").exists()
-    assert "failed: the inversion is not finite" in (tmp_path / "out" / "failures.csv").read_text()
+    assert "failed: the translation to class 2 is not finite" in (tmp_path / "out" / "failures.csv").read_text()
 
 
 class _OutOfMemoryAboveOne(ADMNetwork):
