@@ -45,7 +45,8 @@ def test_summary_counts_files_and_agrees_with_rerun(tiny_files, tmp_path, capsys
                                   "--micro_batch", "auto")) == 0
     text = capsys.readouterr().out
     assert "micro-batch 8" in text  # what auto chose, said
-    assert "translated 3, skipped 0, failed 0, already done 0; 12 files written" in text  # 3 × 2 × (output + pair)
+    assert "translated 3, skipped 0, failed 0, already done 0; 15 files written" in text  # 3 × 2 × (output + pair)
+    assert len(list((out / "_sources").glob("*.png"))) == 3  # + each source as the model saw it, for the gallery
     assert f"outputs in {out}/, gallery {out / 'index.html'}" in text
     assert sample_ddib.main(_args(tiny_files, inp, out, "--class_B", "2,3", "--save_pairs")) == 0
     text = capsys.readouterr().out

@@ -89,7 +89,7 @@ def test_colliding_inputs_all_written_counted_and_skipped_on_rerun(tiny_files, t
     code, stdout, err = _run(capsys, _args(tiny_files, inp, out, "--save_pairs", "--save_grid"))
     assert code == 0, err
     assert "translated 6, skipped 0, failed 0" in stdout
-    translations = [p for p in out.rglob("*.png") if p.relative_to(out).parts[0] not in ("_pairs", "_grids")]
+    translations = [p for p in out.rglob("*.png") if p.relative_to(out).parts[0] not in ("_pairs", "_grids", "_sources")]
     assert len(translations) == 6
     assert len(list((out / "_pairs").rglob("*.png"))) == 6 and len(list((out / "_grids").rglob("*.png"))) == 6
     code, stdout, _ = _run(capsys, _args(tiny_files, inp, out, "--save_pairs", "--save_grid"))
@@ -143,11 +143,11 @@ def test_full_disk_stops_with_summary_and_report(tiny_files, tmp_path, capsys, m
         _img(inp / f"{i}.png", i)
     real, calls = utils.folder.save_png, []
 
-    def save_png(array, path):
+    def save_png(array, path, root=None):
         calls.append(path)
-        if len(calls) > 2:
+        if len(calls) > 4:  # two inputs' translations and source copies
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(array, path)
+        real(array, path, root)
     monkeypatch.setattr(utils.folder, "save_png", save_png)
     code, stdout, err = _run(capsys, _args(tiny_files, inp, out, "--micro_batch", "1"))
     assert code == 1, err

@@ -6,9 +6,11 @@ a PNG appears under its final name only once it is complete.
 """
 
 import contextlib
+import errno
 import hashlib
 import math
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -261,12 +263,55 @@ def pil_to_array(img: Image.Image, size: int) -> np.ndarray:
     return _rgb(center_crop(_flat(_upright(img)), size))
 
 
+class NotOurs(OSError):
+    """Something in the way of a write that the tool did not make (a symlink, a folder, a FIFO): it is
+    never written through, replaced or removed."""
+
+
+def in_the_way(path) -> str:
+    """Why ``path`` cannot be written as a regular file: '' when it can (absent, or a regular file)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    if stat.S_ISREG(mode):
+        return ""
+    return "is a symlink" if stat.S_ISLNK(mode) else "is a folder" if stat.S_ISDIR(mode) else \
+        "is not a regular file"
+
+
+def real_folders(folder: Path, root: Path) -> None:
+    """Make ``folder`` (``root`` or under it) exist as real folders: each level below ``root`` is made,
+    or must already be a folder that is no symlink, so nothing written there lands outside ``root``."""
+    root.mkdir(parents=True, exist_ok=True)  # the save folder itself may be a link: the user's choice
+    current = root
+    for part in folder.relative_to(root).parts:
+        current = current / part
+        try:
+            os.mkdir(current)
+        except FileExistsError:
+            pass
+        mode = os.lstat(current).st_mode
+        if not stat.S_ISDIR(mode):
+            why = "is a symlink" if stat.S_ISLNK(mode) else "is a file"
+            raise NotOurs(errno.ELOOP if stat.S_ISLNK(mode) else errno.ENOTDIR,
+                          f"{why} where the save folder needs a folder of its own", str(current))
+
+
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, root=None):
     """Yield a temporary path in ``path``'s folder to write; on success it is synced and renamed to
-    ``path``, so a file appears under its final name only once complete. On failure it is removed."""
+    ``path``, so a file appears under its final name only once complete. On failure it is removed.
+
+    Writes never go through what the tool did not make: ``path`` must be absent or a regular file (a
+    symlink, folder or FIFO there raises ``NotOurs``), and with ``root`` (the save folder) every folder
+    from ``root`` down to ``path`` must be a real folder, not a symlink leading elsewhere."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if root is not None:
+        real_folders(path.parent, Path(root))
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_in_the_way(path)
     # a short name of its own: the final name may already be at the file system's length limit
     fd, tmp = tempfile.mkstemp(prefix=".ddib-", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
@@ -278,6 +323,7 @@ def atomic_path(path):
         finally:
             os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; outputs get the usual mode
+        _refuse_in_the_way(path)  # or one that appeared while writing
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -287,18 +333,31 @@ def atomic_path(path):
         raise
 
 
-def save_png(array: np.ndarray, path) -> None:
-    """Write an HWC uint8 array as PNG atomically."""
-    with atomic_path(path) as tmp:
+def _refuse_in_the_way(path: Path) -> None:
+    why = in_the_way(path)
+    if why:
+        raise NotOurs(errno.EEXIST, f"{why}; the tool writes only regular files of its own", str(path))
+
+
+def save_png(array: np.ndarray, path, root=None) -> None:
+    """Write an HWC uint8 array as PNG atomically (inside ``root``, when given: see ``atomic_path``)."""
+    with atomic_path(path, root) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
 def remove_temporaries(save_dir) -> int:
-    """Delete partial outputs a killed run left behind (only our own ``*.ddib-tmp`` files)."""
+    """Delete partial outputs a killed run left behind: only our own ``*.ddib-tmp`` regular files, and
+    never through a symlinked folder (what it leads to is not the save folder)."""
     removed = 0
-    for path in Path(save_dir).rglob(f"*{TEMP_SUFFIX}"):
-        path.unlink(missing_ok=True)
-        removed += 1
+    for dirpath, _, filenames in os.walk(save_dir, followlinks=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if name.endswith(TEMP_SUFFIX) and stat.S_ISREG(os.lstat(path).st_mode):
+                try:
+                    os.unlink(path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
     return removed
 
 

@@ -26,16 +26,21 @@ def interrupt_on_sigterm():
 
 
 def claim_save_dir(args, cfg_A, cfg_B, plan, accelerator):
-    """Before any model loads: the save folder locked for this run (so it is writable), and its
-    recorded settings matching ours. The main process checks; every process stops on its verdict."""
+    """Before any model loads: the save folder locked for this run (so it is writable), its recorded
+    settings matching ours, and nothing in the way of what the run writes (``utils.outputs.Layout``:
+    symlinks, files it did not make). Nothing is recorded yet: ``record_settings`` does that once the
+    run is going to translate. The main process checks; every process stops on its verdict. Returns
+    the settings to record (main process) or None."""
     from .lock import SaveFolderLock
-    from .settings import check_and_record, run_settings
+    from .settings import check_settings, run_settings
 
-    error = None
+    error, settings = None, None
     if accelerator.is_main_process:
         try:
             HELD.append(SaveFolderLock(args.save_dir))
-            check_and_record(args.save_dir, run_settings(args, cfg_A, cfg_B, plan), args.overwrite)
+            settings = run_settings(args, cfg_A, cfg_B, plan)
+            recorded = check_settings(args.save_dir, settings, args.overwrite)
+            check_save_folder(args.save_dir, plan, recorded)
         except UserError as e:
             error = str(e)
     if accelerator.num_processes > 1:
@@ -44,6 +49,19 @@ def claim_save_dir(args, cfg_A, cfg_B, plan, accelerator):
             error = broadcast_object_list([error])[0]
     if error:
         raise UserError(error)
+    return settings
+
+
+def check_save_folder(save_dir, plan, recorded: bool) -> None:
+    """Nothing the run writes may replace or go through what the tool did not make."""
+    from .gallery import foreign_page
+    from .reports import foreign_report
+
+    problem = (plan.layout.unsafe(plan.todo if recorded else plan.jobs, recorded) or foreign_page(save_dir)
+               or foreign_report(save_dir))
+    if problem:
+        raise UserError(f"--save_dir: {problem}; this tool never replaces what it did not write: move it away "
+                        "or choose another --save_dir")
 
 
 def launched_rank() -> int:
