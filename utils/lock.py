@@ -27,7 +27,7 @@ except ImportError:  # not POSIX: no locking, runs must not share a folder
 
 def _kind(mode: int) -> str:
     return "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else \
-        "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        "a FIFO" if stat.S_ISFIFO(mode) else "a file" if stat.S_ISREG(mode) else "not a regular file"
 
 
 def prepare_save_dir(save_dir, created=None) -> Path:
