@@ -50,11 +50,9 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from utils.folder import Options, translate_folder
-    from utils.images import remove_temporaries
     from utils.launch import claim_save_dir, with_peers
     from utils.pipeline import DDIB, launch_precision, network_dtype
-    from utils.reports import remove_reports
-    from utils.settings import record_settings
+    from utils.settings import redo_since
 
     accelerator = Accelerator(mixed_precision=None if args.mixed_precision == "auto" else args.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -74,23 +72,12 @@ def run(args) -> int:
         steps=args.respace_steps, respace_type=args.respace_type, t_end=args.t_end, solver=args.solver, eta=args.eta,
         clip_x0=args.clip_x0, seed=args.seed,
         **({} if args.classifier_scale is None else {"classifier_scale": args.classifier_scale}))
-    if accelerator.is_main_process:  # the models load and fit: the run is going to translate, so record it
-        remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out of this folder
-        if args.overwrite:
-            remove_reports(args.save_dir)  # they describe outputs about to be made again
-        plan.layout.redo_since = record_settings(args.save_dir, settings, args.overwrite) or plan.layout.redo_since
-        for rel, reason in plan.unplanned:
-            warn(f"skipping {printable(rel.as_posix())}: {reason}")
-        if len(plan.todo) < len(plan.jobs):
-            print(f"skipping {len(plan.jobs) - len(plan.todo)} input(s) whose output already exists "
-                  "(--overwrite redoes them)", flush=True)
-        if plan.layout.redo_since is not None and not args.overwrite:
-            print("finishing an interrupted --overwrite run: outputs made before it are made again", flush=True)
+    if accelerator.is_main_process:
+        _begin(args, settings, plan, warn)
     with with_peers():
         accelerator.wait_for_everyone()  # the start barrier: no process writes before the record
-    if not accelerator.is_main_process:
-        from utils.settings import redo_since
-        plan.layout.redo_since = redo_since(args.save_dir) if args.overwrite else plan.layout.redo_since
+    if args.overwrite and not accelerator.is_main_process:
+        plan.layout.redo_since = redo_since(args.save_dir)
     if accelerator.is_main_process and (ddib.compiled or args.micro_batch == "auto" or ddib.precision != "float32"):
         print(f"networks in {ddib.precision}" + (" (--mixed_precision no for float32)" if ddib.precision != "float32"
                                                  else "") + f", micro-batch {ddib.micro_batch}"
@@ -103,6 +90,7 @@ def run(args) -> int:
     with tqdm(total=len(mine), unit="img", dynamic_ncols=True, disable=not accelerator.is_main_process,
               desc="translating" + (f" (process 0 of {world})" if world > 1 else "")) as bar:
         result = translate_folder(ddib.bridge, mine, Path(args.input_dir), plan.layout, opts, progress=bar)
+    plan.layout.overwrite = False  # from here on, what is done is what is fresh (newer than a redo's start)
     counts = [result.translated, result.skipped, result.failed, result.files_written]
     problems, cycle_rows = result.problems, result.cycle_rows
     complete = not (result.interrupted or result.stopped)
@@ -127,6 +115,26 @@ def run(args) -> int:
     return 1 if counts[2] or not reported else 0
 
 
+def _begin(args, settings, plan, warn):
+    """The models load and fit, and there is something to translate: clean up and record the run (main
+    process, before the start barrier)."""
+    from utils.images import remove_temporaries
+    from utils.reports import remove_reports
+    from utils.settings import record_settings
+
+    remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out of this folder
+    if args.overwrite:
+        remove_reports(args.save_dir)  # they describe outputs about to be made again
+    plan.layout.redo_since = record_settings(args.save_dir, settings, args.overwrite) or plan.layout.redo_since
+    for rel, reason in plan.unplanned:
+        warn(f"skipping {printable(rel.as_posix())}: {reason}")
+    if len(plan.todo) < len(plan.jobs):
+        print(f"skipping {len(plan.jobs) - len(plan.todo)} input(s) whose output already exists "
+              "(--overwrite redoes them)", flush=True)
+    if plan.layout.redo_since is not None and not args.overwrite:
+        print("finishing an interrupted --overwrite run: outputs made before it are made again", flush=True)
+
+
 def _report(args, ddib, plan, main_process, result, world, rank, counts, problems, cycle_rows, elapsed,
             complete) -> bool:
     """failures.csv, cycle.csv, the gallery and the summary (one process's own files when interrupted);
@@ -138,11 +146,13 @@ def _report(args, ddib, plan, main_process, result, world, rank, counts, problem
     from utils.settings import finish_redo
 
     save_dir, cycle, written = Path(args.save_dir), "", True
-    own = world == 1 or not result.interrupted
+    own = world == 1 or not result.interrupted  # else each process writes its own share
+    if own and main_process:
+        problems, cycle_rows = folder_rows(plan, problems, cycle_rows)
     if main_process or result.interrupted:
         try:
             where, cycle = write_reports(save_dir, problems, cycle_rows, "" if own else f"-process{rank}",
-                                         plan=plan if own and main_process else None)
+                                         whole=own and main_process)
         except OSError as e:  # a full disk, or something in the way: the summary below still tells the counts
             where, written = None, False
             print(f"error: cannot write the reports in {printable(str(save_dir))}: "
@@ -158,14 +168,13 @@ def _report(args, ddib, plan, main_process, result, world, rank, counts, problem
     settings = display_settings(plan, ddib.bridge.sampling, ddib.precision, name_A, name_B,
                                 models=args.weights + (f" → {args.weights_B}" if args.weights_B else ""),
                                 guided=args.classifier_weights is not None)
-    folder_problems, folder_cycles = folder_rows(plan, problems, cycle_rows) if own else (problems, cycle_rows)
-    counts_shown = {**folder_counts(plan, folder_problems),
+    counts_shown = {**folder_counts(plan, problems),
                     "last run": f"translated {translated}, skipped {skipped}, failed {failed} in "
                                 f"{elapsed:.1f} s" + (" (interrupted)" if result.interrupted else "")}
     try:
         gallery = printable(str(write_gallery(save_dir, settings,
-                                              gallery_rows(plan, Path(args.input_dir), folder_cycles, name_B),
-                                              folder_problems, counts_shown, None)))
+                                              gallery_rows(plan, Path(args.input_dir), cycle_rows, name_B),
+                                              problems, counts_shown, None)))
     except OSError as e:
         gallery, written = "not written", False
         print(f"error: cannot write the gallery in {printable(str(save_dir))}: {printable(e.strerror or str(e))}"

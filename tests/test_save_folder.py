@@ -192,6 +192,8 @@ def test_an_interrupted_overwrite_is_finished_by_the_next_run(files, tmp_path, c
     assert not (out / "_ddib" / "redo").exists()
     code, stdout, _ = _run(capsys, _args(files, inp, out, "--class_B", 5))
     assert "already done 4" in stdout and "finishing" not in stdout
+    assert _run(capsys, _args(files, inp, out, "--class_B", 5, "--overwrite"))[0] == 0  # a complete redo
+    assert not (out / "_ddib" / "redo").exists() and "<th>translated</th><td>4</td>" in (out / "index.html").read_text()
 
 
 def test_failures_and_cycle_values_describe_the_folder(files, tmp_path, capsys, monkeypatch):

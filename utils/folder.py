@@ -213,16 +213,15 @@ def _cycle(bridge, items, micro_batch: int, result):
             result.cycle_rows.append(CycleRow(job.rel.as_posix(), job.class_A, target, value))
 
 
-def write_reports(save_dir: Path, problems, cycle_rows, suffix: str = "", plan=None) -> tuple:
+def write_reports(save_dir: Path, problems, cycle_rows, suffix: str = "", whole: bool = False) -> tuple:
     """failures.csv and cycle.csv (``suffix`` names one process's share); returns (failures path or
-    None, the mean cycle PSNR text or ''). With ``plan`` they describe the folder: rows of earlier runs
-    that are still true are kept (see ``folder_rows``), a report with no rows left is removed."""
-    if plan is not None:
-        problems, cycle_rows = folder_rows(plan, problems, cycle_rows)
+    None, the mean cycle PSNR text or ''). ``whole``: the rows describe the whole folder (see
+    ``folder_rows``), so a report left without rows is removed, as are the shares of an earlier
+    interrupted run of several processes."""
     where = write_report(save_dir, FAILURES, problems, suffix)
-    if cycle_rows or plan is not None:
+    if cycle_rows or whole:
         write_report(save_dir, CYCLE, cycle_rows, suffix)
-    if plan is not None and not suffix:
+    if whole and not suffix:
         remove_shares(save_dir)
     return where, mean_cycle(cycle_rows)
 
@@ -319,14 +318,14 @@ def _label(text):
 
 def folder_counts(plan: Plan, problems) -> dict:
     """What the folder holds after the latest run, for the gallery: inputs done, skipped, failed, to do."""
-    done = sum(1 for job in plan.jobs if not plan.layout.work(job))
     kinds = {}
     for path, reason in problems:
         kinds.setdefault(path, reason.split(":", 1)[0])
-    skipped = sum(1 for k in kinds.values() if k == "skipped")
-    failed = sum(1 for k in kinds.values() if k == "failed")
-    return {"inputs": len(plan.jobs) + len(plan.unplanned), "translated": done, "skipped": skipped,
-            "failed": failed, "still to do": max(0, len(plan.jobs) - done - failed - (skipped - len(plan.unplanned)))}
+    undone = [job.rel.as_posix() for job in plan.jobs if plan.layout.work(job)]
+    return {"inputs": len(plan.jobs) + len(plan.unplanned), "translated": len(plan.jobs) - len(undone),
+            "skipped": sum(1 for k in kinds.values() if k == "skipped"),
+            "failed": sum(1 for k in kinds.values() if k == "failed"),
+            "still to do": sum(1 for rel in undone if rel not in kinds)}
 
 
 def display_settings(plan: Plan, sampling, precision: str, name_A, name_B, models: str, guided: bool) -> dict:
