@@ -50,7 +50,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from utils.folder import Options, translate_folder
-    from utils.launch import claim_save_dir, with_peers
+    from utils.launch import claim_save_dir, signals_held, with_peers
     from utils.pipeline import DDIB, launch_precision, network_dtype
     from utils.settings import redo_since
 
@@ -104,8 +104,9 @@ def run(args) -> int:
     if accelerator.is_main_process:
         counts[1] += len(plan.unplanned)
         problems = problems + [(rel.as_posix(), f"skipped: {reason}") for rel, reason in plan.unplanned]
-    reported = _report(args, ddib, plan, accelerator.is_main_process, result, world, rank, counts, problems,
-                       cycle_rows, time.time() - start, complete)
+    with signals_held():
+        reported = _report(args, ddib, plan, accelerator.is_main_process, result, world, rank, counts, problems,
+                           cycle_rows, time.time() - start, complete)
     if result.interrupted:
         raise KeyboardInterrupt
     if result.stopped:

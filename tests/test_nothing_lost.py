@@ -145,7 +145,7 @@ def test_full_disk_stops_with_summary_and_report(tiny_files, tmp_path, capsys, m
 
     def save_png(array, path, root=None):
         calls.append(path)
-        if len(calls) > 4:  # two inputs' translations and source copies
+        if len(calls) > 4:  # two inputs' source copies and translations
             raise OSError(errno.ENOSPC, "No space left on device")
         real(array, path, root)
     monkeypatch.setattr(utils.folder, "save_png", save_png)

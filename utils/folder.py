@@ -165,6 +165,10 @@ def _earlier_output(bridge, layout, opts, result, job, target, images) -> Option
 def _process_batch(bridge, chunk, input_dir, layout, opts, result):
     work = {job.rel: layout.work(job) for job in chunk}
     batch = _read_sources(bridge, chunk, input_dir, opts, result)
+    for job, src in batch:  # first: an input's translations are the last of its files to appear
+        if work[job.rel].source:
+            path = layout.source(job.rel)
+            write_or_fail(result, bridge, job.rel, path, save_png, src, path, root=layout.save_dir)
     needs_latent = [(job, src) for job, src in batch
                     if work[job.rel].targets or (opts.save_latents and work[job.rel].latent)]
     kept, latents = _latents(bridge, needs_latent, layout, opts, result) if needs_latent else ([], None)
@@ -173,9 +177,6 @@ def _process_batch(bridge, chunk, input_dir, layout, opts, result):
     cycles = []
     for job, src in batch:
         todo = work[job.rel]
-        if todo.source:
-            path = layout.source(job.rel)
-            write_or_fail(result, bridge, job.rel, path, save_png, src, path, root=layout.save_dir)
         for target in todo.pairs if opts.save_pairs else []:
             arr = _earlier_output(bridge, layout, opts, result, job, target, images)
             pair = layout.output(job.rel, target, under=PAIRS_DIR)

@@ -121,6 +121,23 @@ def import_libraries():
         raise KeyboardInterrupt
 
 
+@contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM held back while the reports and the gallery are written (under a launcher a
+    SIGTERM follows the terminal's SIGINT at once): they are written whole, and a held signal is an
+    interruption (exit 130) once they are."""
+    held = []
+    previous = {signum: signal.signal(signum, lambda s, f: held.append(s)) for signum in (signal.SIGINT,
+                                                                                       signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        raise KeyboardInterrupt
+
+
 def launched_world() -> int:
     """How many processes the launcher started (1 when run directly)."""
     try:
