@@ -86,3 +86,18 @@ def test_every_flag_of_the_script_and_tools_has_help():
                     not any(k.arg == "help" and ast.unparse(k.value) not in ("''", '""') for k in node.keywords):
                 missing.append(f"{path.name}:{node.lineno}")
     assert not missing, missing
+
+
+def test_every_launch_command_in_the_readme_is_quiet():
+    """Without -q the one-process launcher turns a one-line usage error into a 19-line traceback."""
+    commands, fenced = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif fenced and "accelerate launch" in line:
+            commands.append(line)
+    commands += [c for c in re.findall(r"`([^`]*accelerate launch[^`]*)`", (ROOT / "README.md").read_text())
+                 if "sample_ddib.py" in c]
+    assert len(commands) >= 8
+    loud = [c for c in commands if not re.search(r"accelerate launch (-q|--quiet)\b", c)]
+    assert not loud, loud
