@@ -123,10 +123,15 @@ def _begin(args, settings, plan, warn):
     from utils.reports import remove_reports
     from utils.settings import record_settings
 
+    from utils.errors import UserError
+
     remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out of this folder
     if args.overwrite:
         remove_reports(args.save_dir)  # they describe outputs about to be made again
-    plan.layout.redo_since = record_settings(args.save_dir, settings, args.overwrite) or plan.layout.redo_since
+    try:
+        plan.layout.redo_since = record_settings(args.save_dir, settings, args.overwrite) or plan.layout.redo_since
+    except OSError as e:
+        raise UserError(f"cannot record the run's settings in {args.save_dir}: {e.strerror or e}") from None
     for rel, reason in plan.unplanned:
         warn(f"skipping {printable(rel.as_posix())}: {reason}")
     if len(plan.todo) < len(plan.jobs):

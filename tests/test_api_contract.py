@@ -93,6 +93,8 @@ def test_wrong_classes_latents_keys_and_outputs(bridge, digit):
     assert torch.equal(as_list, bridge.generate(latents, class_B=2, output="tensor"))
     per_image = bridge.generate(latents, class_B_per_image=[5, 8], output="tensor")
     assert torch.equal(per_image[1], bridge.generate(latents[1], class_B=8, output="tensor")[0])
+    assert torch.equal(per_image, bridge.generate(latents, class_B_per_image=torch.tensor([5, 8]), output="tensor"))
+    _refused(lambda: bridge.generate([latents[0], latents[0, :, :8]], class_B=2), "CHW tensors of one shape")
 
 
 def test_a_list_of_targets_means_the_same_in_translate_and_generate(bridge, digit):

@@ -131,10 +131,10 @@ def latent_batch(latents, shape: tuple) -> torch.Tensor:
         bad = next((i for i, x in enumerate(latents) if not torch.is_tensor(x)), None)
         if bad is not None:
             raise UserError(f"latent {bad}: expected a tensor, got {_type(latents[bad])}")
-        if any(x.dim() != 3 for x in latents):
-            raise UserError("a list of latents holds CHW tensors, one per image")
-        latents = torch.stack([x.detach().cpu() for x in latents]) if all(
-            x.shape == latents[0].shape for x in latents) else latents
+        if any(x.dim() != 3 or x.shape != latents[0].shape for x in latents):
+            raise UserError(f"a list of latents holds CHW tensors of one shape, one per image "
+                            f"({'×'.join(map(str, shape))})")
+        latents = torch.stack([x.detach().cpu() for x in latents])
     if isinstance(latents, np.ndarray):
         latents = torch.from_numpy(latents)
     if not torch.is_tensor(latents):
@@ -224,6 +224,13 @@ def check_device(device) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"device {str(device)!r} is not supported; use 'cpu' or 'cuda'")
     return device
+
+
+def classes_given(value):
+    """Classes as given, with a tensor or array of labels read as a list (a 0-d one as one label)."""
+    if torch.is_tensor(value) or isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
 
 
 def per_image_list(values, n: int, what: str) -> list:

@@ -25,8 +25,8 @@ from .classes import Labels
 from .config import check_config, load_config
 from .errors import UserError
 from .images import to_uint8
-from .inputs import (check_device, check_load_options, check_output, image_batch, latent_batch, noise_keys,
-                     per_image_list)
+from .inputs import (check_device, check_load_options, check_output, classes_given, image_batch, latent_batch,
+                     noise_keys, per_image_list)
 
 COMPILE_MIN_IMAGES = 256  # per process; below this compile="auto" stays eager
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -222,6 +222,7 @@ class DDIB:
         of one per image; None for an unconditional model)."""
         s = self._sampling(sampling)
         x = self.images_to_tensor(images)
+        class_A = classes_given(class_A)
         ys = self._classes(class_A, len(x), self.bridge.model_A, "class_A", isinstance(class_A, (list, tuple)))
         return self._batched(lambda sl: self.bridge.invert(x[sl], ys[sl], sampling=s), len(x))
 
@@ -235,6 +236,7 @@ class DDIB:
         shape = (self.bridge.model_B.in_channels, self.image_size, self.image_size)
         latents = latent_batch(latents, shape)
         keys = noise_keys(keys, len(latents))
+        class_B, class_B_per_image = classes_given(class_B), classes_given(class_B_per_image)
         if isinstance(class_B, (list, tuple)):
             if class_B_per_image is not None:
                 raise UserError("give class_B or class_B_per_image, not both")

@@ -78,9 +78,10 @@ RECORD_LIMIT = 16 << 20  # bytes; a settings record is a few KB (a config with i
 REDO = "redo"  # present while an --overwrite run is unfinished; its time is the redo's start
 
 
-def read_record(save_dir):
+def read_record(save_dir, damaged_ok: bool = False):
     """The recorded settings (a dict), or None when the folder holds no record. A record that is not
-    a regular file, or cannot be read as one JSON object, is a one-line error."""
+    a regular file is a one-line error; so is one that cannot be read as one JSON object, unless
+    ``damaged_ok`` (then it reads as an empty dict: --overwrite replaces it)."""
     path = Path(save_dir) / TOOL_DIR / RECORD
     try:
         mode = os.lstat(path).st_mode
@@ -96,6 +97,8 @@ def read_record(save_dir):
     except (OSError, ValueError, RecursionError):
         old = None
     if not isinstance(old, dict):
+        if damaged_ok:
+            return {}
         raise UserError(f"{printable(str(path))} is damaged; pass --overwrite to redo the folder's outputs "
                         "with these settings, or choose another --save_dir")
     return old
@@ -104,14 +107,12 @@ def read_record(save_dir):
 def check_settings(save_dir, settings: dict, overwrite: bool) -> bool:
     """Refuse a rerun whose settings differ from the recorded ones (unless ``overwrite``); returns
     whether the folder holds a record (a run began here). Writes nothing."""
-    if overwrite:
-        try:
-            old = read_record(save_dir)
-        except UserError:  # a damaged record is what --overwrite replaces; one in the way is not
-            if not (Path(save_dir) / TOOL_DIR / RECORD).is_file():
-                raise
-            return True
-        return old is not None
+    path = Path(save_dir) / TOOL_DIR / REDO
+    if os.path.lexists(path) and not os.path.isfile(path) or os.path.islink(path):
+        raise UserError(f"{printable(str(path))} is not a regular file, where this tool marks an unfinished "
+                        "--overwrite run; remove it or choose another --save_dir")
+    if overwrite:  # a damaged record is what --overwrite replaces; one of the wrong type is not
+        return read_record(save_dir, damaged_ok=True) is not None
     old = read_record(save_dir)
     if old is None:
         return False
