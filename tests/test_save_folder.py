@@ -3,7 +3,6 @@ the records tell the truth about the folder, and records of the wrong type are o
 
 import csv
 import errno
-import json
 import os
 import re
 import shutil

@@ -14,8 +14,6 @@ import stat
 from pathlib import Path
 from typing import Optional
 
-from .errors import printable
-
 FAILURES, CYCLE = "failures", "cycle"
 HEADERS = {FAILURES: ("path", "reason"), CYCLE: ("path", "class_A", "class_B", "cycle_psnr_db")}
 PROCESS_SHARE = re.compile(r"(failures|cycle)-process[0-9]+\.csv")
@@ -119,7 +117,3 @@ def mean_cycle(rows) -> str:
     if not finite:
         return ""
     return f", cycle PSNR {sum(finite) / len(finite):.2f} dB (mean of {len(finite)})"
-
-
-def shown(path) -> str:
-    return printable(str(path))
