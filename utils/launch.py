@@ -178,10 +178,10 @@ def report_failure(error: BaseException, save_dir):
     print(f"error: {line}; finished outputs are kept", file=sys.stderr, flush=True)
     if save_dir is not None and rank != 0:
         try:
-            from .images import TEMP_SUFFIX  # a temporary: a later run's clean-up removes a stale one
+            from .images import TEMP_SUFFIX, atomic_path  # a temporary: a later run's clean-up removes a stale one
             mark = _marks(save_dir) / f"failed-process{rank}{TEMP_SUFFIX}"
-            mark.parent.mkdir(parents=True, exist_ok=True)
-            mark.write_text(line + "\n")
+            with atomic_path(mark, save_dir) as tmp:
+                Path(tmp).write_text(line + "\n")
         except OSError:
             pass  # process 0 then says only that another process failed
     sys.stdout.flush()
