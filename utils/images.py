@@ -119,30 +119,29 @@ def _eight_bit(img: Image.Image) -> Image.Image:
 
 
 def _on_white(img: Image.Image) -> Image.Image:
-    """Transparent pixels composited on white, a strip at a time; RGB or L out (grey stays grey)."""
-    grey = img.mode in ("LA", "La")
+    """Transparent pixels (an alpha channel, or a palette's or colour key's transparency) composited on
+    white, a strip at a time; RGB or L out (grey stays grey)."""
+    grey = img.mode in ("LA", "La", "L", "I", "1")
     mode = "L" if grey else "RGB"
 
     def flatten(strip):
-        alpha = strip.getchannel("A")
-        return Image.composite(strip.convert(mode), Image.new(mode, strip.size, 255 if grey else BACKGROUND), alpha)
+        rgba = strip.convert("LA" if grey else "RGBA")
+        return Image.composite(rgba.convert(mode), Image.new(mode, strip.size, 255 if grey else BACKGROUND),
+                               rgba.getchannel("A"))
     return _by_strips(img, mode, flatten)
 
 
 def _flat(img: Image.Image) -> Image.Image:
-    """RGB or L, 8 bits, opaque (transparency on white); an image already so is returned as it is."""
+    """RGB or L, 8 bits, opaque (transparency on white); an image already so is returned as it is, any
+    other is converted a strip at a time (peak: the decoded image and the result)."""
     img = _eight_bit(img)
-    if img.mode in ("RGB", "L") and "transparency" not in img.info:
+    transparent = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if img.mode in ("RGB", "L") and not transparent:
         return img
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif img.mode == "1":
-        return img.convert("L")
-    elif img.mode in ("RGB", "L"):  # a transparent colour
-        img = img.convert("RGBA" if img.mode == "RGB" else "LA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        return _on_white(img if img.mode != "PA" else img.convert("RGBA"))
-    return img if img.mode == "RGB" else img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    if transparent:
+        return _on_white(img)
+    mode = "L" if img.mode == "1" else "RGB"  # palette, CMYK, YCbCr, LAB, HSV
+    return _by_strips(img, mode, lambda strip: strip.convert(mode))
 
 
 def _upright(img: Image.Image) -> Image.Image:
