@@ -15,6 +15,7 @@ import torch
 
 from diffusions import RESPACE_TYPES, SOLVERS, generate, get_solver, invert, respace
 
+from .errors import printable
 from .images import image_seed
 
 
@@ -62,7 +63,6 @@ def _one_of(choices):
 
 
 def _shown(value) -> str:
-    from .errors import printable
     return printable(repr(value), 60)
 
 
@@ -79,7 +79,8 @@ class Sampling:
     inversion is always the deterministic ODE and never clips x₀.
 
     Each field carries its own check (type and range) in its metadata, so a new setting is one line
-    here; ``check`` runs them all, then the checks that need the schedule."""
+    here, ``name: type = field(default=..., metadata=_valid(_number(0, 10)))``; ``check`` runs them all,
+    then the checks that need the schedule."""
     steps: int = field(default=100, metadata=_valid(_integer(1)))
     respace_type: str = field(default="uniform", metadata=_valid(_one_of(lambda: RESPACE_TYPES)))
     solver: str = field(default="ddim", metadata=_valid(_one_of(lambda: tuple(SOLVERS))))
@@ -121,7 +122,8 @@ class Sampling:
         """Raise ValueError (``SettingError`` naming the field) for settings that cannot run on
         ``schedule`` (the ᾱ table) or under which no translation happens; returns self."""
         for f in fields(self):
-            f.metadata["check"](f.name, getattr(self, f.name))
+            if "check" in f.metadata:
+                f.metadata["check"](f.name, getattr(self, f.name))
         total = schedule if isinstance(schedule, int) else len(schedule)
         if self.t_end is not None and self.t_end >= total:
             raise SettingError("t_end", f"must be below the schedule's total_steps {total}, got {self.t_end}")
