@@ -119,11 +119,10 @@ def run(args) -> int:
 def _begin(args, settings, plan, warn):
     """The models load and fit, and there is something to translate: clean up and record the run (main
     process, before the start barrier)."""
+    from utils.errors import UserError
     from utils.images import remove_temporaries
     from utils.reports import remove_reports
     from utils.settings import record_settings
-
-    from utils.errors import UserError
 
     remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out of this folder
     if args.overwrite:
