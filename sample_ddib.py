@@ -31,14 +31,16 @@ def list_classes(query: str) -> int:
 
 def run(args) -> int:
     from utils.cli import check_numbers, check_paths
-    from utils.config import load_config
+    from utils.config import model_config
     from utils.folder import plan_folder
-    from utils.pipeline import check_bridgeable
+    from utils.pipeline import check_bridgeable, default_clip_x0
 
     check_paths(args)
-    cfg_A = load_config(args.config)
-    cfg_B = cfg_A if args.config_B is None else load_config(args.config_B)
+    cfg_A = model_config(args.config, args.weights)
+    cfg_B = cfg_A if args.weights_B is None and args.config_B is None else model_config(args.config_B, args.weights_B)
     check_bridgeable(cfg_A, cfg_B)
+    if args.clip_x0 is None:
+        args.clip_x0 = default_clip_x0(cfg_B)
     check_numbers(args, cfg_A, cfg_B)
     plan = plan_folder(args.input_dir, args.save_dir, args.class_A, args.class_B, args.manifest, cfg_A, cfg_B,
                        guided=args.classifier_weights is not None, overwrite=args.overwrite, pairs=args.save_pairs,
@@ -65,12 +67,12 @@ def run(args) -> int:
     settings = claim_save_dir(args, cfg_A, cfg_B, plan, accelerator)  # before any model loads; held to the end
     mine = plan.todo[rank::world]
     ddib = DDIB.from_files(
-        cfg_A, args.weights, args.classifier_weights, config_B=cfg_B if args.config_B else None,
+        cfg_A, args.weights, args.classifier_weights, config_B=cfg_B if cfg_B is not cfg_A else None,
         weights_B=args.weights_B, device=accelerator.device,
         precision=launch_precision(args.mixed_precision, accelerator.mixed_precision), compile=args.compile,
         micro_batch=args.micro_batch, deterministic=args.deterministic, workload=len(mine), warn=warn,
         steps=args.respace_steps, respace_type=args.respace_type, t_end=args.t_end, solver=args.solver, eta=args.eta,
-        clip_x0=args.clip_x0, seed=args.seed,
+        clip_x0=args.clip_x0, seed=args.seed, cfg_scale=args.cfg_scale,
         **({} if args.classifier_scale is None else {"classifier_scale": args.classifier_scale}))
     if accelerator.is_main_process:
         _begin(args, settings, plan, warn)

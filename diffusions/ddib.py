@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .denoisers import classifier_grad, clipped, eps_from_model, from_eps, guided
+from .denoisers import classifier_free, classifier_grad, clipped, guided, model_denoiser
 from .solvers import generation_path, inversion_path, run_generation, run_inversion
 
 
@@ -25,18 +25,24 @@ def invert(model, x0: torch.Tensor, class_A, alphas_cumprod: torch.Tensor, times
     """Images in [-1, 1] → latents at ``timesteps[-1]``, conditioned on ``class_A`` (an int, a tensor
     of one label per image, or None for an unconditional model). x₀ is never clipped here: clipping
     would make the ODE irreversible."""
-    denoise = from_eps(eps_from_model(model, _labels(class_A, len(x0), x0.device)), alphas_cumprod)
+    denoise = model_denoiser(model, _labels(class_A, len(x0), x0.device), alphas_cumprod)
     return run_inversion(solver, denoise, x0.float(), inversion_path(alphas_cumprod, timesteps),
                          callback=callback)
 
 
 def generate(model, latent: torch.Tensor, class_B, alphas_cumprod: torch.Tensor, timesteps: Sequence[int],
              eta: float = 0.0, clip_x0: bool = True, classifier=None, classifier_scale: float = 0.0,
-             noise_sampler=None, solver: str = "ddim", callback=None) -> torch.Tensor:
-    """Latents → images in [-1, 1], conditioned on ``class_B``, optionally classifier-guided.
-    ``noise_sampler(i)`` gives step i's noise when η > 0."""
+             noise_sampler=None, solver: str = "ddim", callback=None, cfg_scale=None) -> torch.Tensor:
+    """Latents → images in [-1, 1], conditioned on ``class_B``, optionally guided: classifier-free with
+    ``cfg_scale`` (None or 1: the conditional prediction alone), by a classifier with
+    ``classifier_scale``. ``noise_sampler(i)`` gives step i's noise when η > 0."""
     y = _labels(class_B, len(latent), latent.device)
-    denoise = from_eps(eps_from_model(model, y), alphas_cumprod)
+    if cfg_scale is not None and cfg_scale != 1:
+        if y is None:
+            raise ValueError("classifier-free guidance needs a target class")
+        denoise = classifier_free(model, y, cfg_scale, alphas_cumprod)
+    else:
+        denoise = model_denoiser(model, y, alphas_cumprod)
     if clip_x0:
         denoise = clipped(denoise)
     if classifier is not None and classifier_scale != 0:

@@ -1,8 +1,10 @@
-"""From a network's ε to the denoiser the solvers call, and the wrappers that steer it.
+"""From a network's prediction to the denoiser the solvers call, and the wrappers that steer it.
 
-Solvers only see ``denoise(x, t) -> x₀``. Clipping x₀ to [-1, 1] and classifier guidance are
-wrappers around that callable, applied in guided-diffusion's order (clip, then shift ε by the
-classifier's gradient), so every solver gets both without knowing of them.
+Solvers only see ``denoise(x, t) -> x₀``. A network predicts ε, v or x₀ itself (its
+``prediction_type``); ``model_denoiser`` turns any of them into x₀. Classifier-free guidance mixes
+the conditional and the null-class predictions (one batched call), clipping x₀ to [-1, 1] and
+classifier guidance are wrappers, applied in guided-diffusion's order (clip, then shift ε by the
+classifier's gradient), so every solver gets them without knowing of them.
 """
 
 from typing import Callable, Optional
@@ -13,24 +15,65 @@ import torch.nn.functional as F
 from .solvers import Denoiser, coefficients
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _predict(net, x: torch.Tensor, t: int, y: Optional[torch.Tensor]) -> torch.Tensor:
+    """The network's raw prediction at step t. A non-finite one (fp16 overflow gives ±inf) becomes
+    NaN: clipping x₀ would turn ±inf into a finite but wrong image, while NaN survives to the end,
+    where the image is caught and redone or reported."""
+    ts = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    return net(x, ts, y).nan_to_num(nan=float("nan"), posinf=float("nan"), neginf=float("nan"))
 
 
 def eps_from_model(model, y: Optional[torch.Tensor]) -> EpsFn:
-    """ε(x, t) from a network (``models.as_network`` decides how to read it).
-
-    A non-finite ε (fp16 overflow gives ±inf) becomes NaN: clipping x₀ would turn ±inf into a finite
-    but wrong image, while NaN survives to the end, where the image is caught and redone or reported.
-    """
+    """ε(x, t) from an ε-predicting network (``models.as_network`` decides how to read it)."""
     from models.network import as_network
 
     net = as_network(model)
+    return lambda x, t: _predict(net, x, t, y)
 
-    def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
-        ts = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        eps = net(x, ts, y)
-        return eps.nan_to_num(nan=float("nan"), posinf=float("nan"), neginf=float("nan"))
 
-    return eps_fn
+def to_x0(prediction_type: str, x: torch.Tensor, out: torch.Tensor, a: float) -> torch.Tensor:
+    """x₀ from a prediction at ᾱ = a: ε → √(1/ᾱ)·x − √(1/ᾱ − 1)·ε; v = √ᾱ·ε − √(1−ᾱ)·x₀ →
+    x₀ = √ᾱ·x − √(1−ᾱ)·v; a sample prediction is x₀ itself."""
+    if prediction_type == "epsilon":
+        recip, recipm1 = coefficients(a)
+        return recip * x - recipm1 * out
+    if prediction_type == "v_prediction":
+        return a ** 0.5 * x - (1.0 - a) ** 0.5 * out
+    if prediction_type == "sample":
+        return out
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+
+
+def model_denoiser(model, y: Optional[torch.Tensor], alphas_cumprod: torch.Tensor) -> Denoiser:
+    """x₀(x, t) of a network conditioned on ``y`` (None: unconditional), whatever it predicts."""
+    from models.network import as_network
+
+    net = as_network(model)
+    kind = getattr(net, "prediction_type", "epsilon")
+    return lambda x, t: to_x0(kind, x, _predict(net, x, t, y), alphas_cumprod[t].item())
+
+
+def classifier_free(model, y: torch.Tensor, scale: float, alphas_cumprod: torch.Tensor) -> Denoiser:
+    """Classifier-free guidance: p = p(x, ∅) + scale·(p(x, y) − p(x, ∅)) on every channel of the
+    prediction (ε of all latent channels for DiT), with ∅ the network's null class. The conditional and
+    null predictions come from one call on the doubled batch. Guiding the prediction is guiding ε and
+    x₀: both are affine in it with the same coefficients."""
+    from models.network import as_network
+
+    net = as_network(model)
+    if getattr(net, "null_class", None) is None:
+        raise ValueError("classifier-free guidance needs a model with a null class")
+    kind = net.prediction_type
+
+    def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
+        both = _predict(net, torch.cat([x, x]), t, torch.cat([y, torch.full_like(y, net.null_class)]))
+        cond, uncond = both.chunk(2)
+        return to_x0(kind, x, uncond + scale * (cond - uncond), alphas_cumprod[t].item())
+
+    return denoise
 
 
 def from_eps(eps_fn: EpsFn, alphas_cumprod: torch.Tensor) -> Denoiser:

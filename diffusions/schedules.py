@@ -6,6 +6,8 @@ import numpy as np
 import torch
 
 BETA_SCHEDULES = ("linear", "cosine")
+DIFFUSERS_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SCHEDULE_RTOL = 1e-4  # two tables this close in ᾱ are one schedule (float32 vs float64 builds differ by ~1e-5)
 RESPACE_TYPES = ("uniform", "uniform-leading", "uniform-linspace", "uniform-trailing", "quad", "logsnr", "none")
 
 
@@ -25,6 +27,47 @@ def get_betas(schedule: str, total_steps: int) -> np.ndarray:
 def alphas_cumprod(schedule: str, total_steps: int) -> torch.Tensor:
     """ᾱ_t = ∏(1 − β) as a float64 tensor: all a DDIM sampler needs from the schedule."""
     return torch.from_numpy(np.cumprod(1.0 - get_betas(schedule, total_steps)))
+
+
+def diffusers_alphas_cumprod(beta_schedule: str, total_steps: int, beta_start: float = 0.0001,
+                             beta_end: float = 0.02, trained_betas=None) -> torch.Tensor:
+    """ᾱ exactly as diffusers' DDPM/DDIM schedulers build it (betas and their product in float32),
+    returned as float64 so the solvers read the very values diffusers steps with. Its ``linear`` is
+    not guided-diffusion's: beta_start/beta_end are taken as given (no 1000/T scaling), in float32."""
+    if trained_betas is not None:
+        betas = torch.tensor(trained_betas, dtype=torch.float32)
+    elif beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, total_steps, dtype=torch.float32)
+    elif beta_schedule == "scaled_linear":  # linear in √β: latent diffusion's schedule
+        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, total_steps, dtype=torch.float32) ** 2
+    elif beta_schedule == "squaredcos_cap_v2":  # the cosine schedule, β capped at 0.999
+        def alpha_bar(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = torch.tensor([min(1 - alpha_bar((i + 1) / total_steps) / alpha_bar(i / total_steps), 0.999)
+                              for i in range(total_steps)], dtype=torch.float32)
+    else:
+        raise ValueError(f"unknown diffusers beta_schedule {beta_schedule!r}; choose one of "
+                         f"{', '.join(DIFFUSERS_BETA_SCHEDULES)} or give trained_betas")
+    return torch.cumprod(1.0 - betas, dim=0).double()
+
+
+def schedule_alphas(section: dict) -> torch.Tensor:
+    """ᾱ of a config's ``diffusion`` section: diffusers' float32 table for a diffusers scheduler
+    (``source: diffusers``), guided-diffusion's float64 one otherwise. Each family is sampled with
+    the table it was trained with, so each reproduces its own library's numbers."""
+    if section.get("source") == "diffusers":
+        return diffusers_alphas_cumprod(section["beta_schedule"], section["total_steps"], section["beta_start"],
+                                        section["beta_end"], section.get("trained_betas"))
+    return alphas_cumprod(section["beta_schedule"], section["total_steps"])
+
+
+def schedules_differ(a: torch.Tensor, b: torch.Tensor, rtol: float = SCHEDULE_RTOL):
+    """None when two ᾱ tables are one schedule (same length, within ``rtol`` relative), else the
+    largest relative difference (inf for different lengths)."""
+    if len(a) != len(b):
+        return math.inf
+    worst = ((a - b).abs() / torch.minimum(a, b)).max().item()
+    return None if worst <= rtol else worst
 
 
 def log_snr(alphas_cumprod) -> np.ndarray:

@@ -1,9 +1,12 @@
 """The network seam: what the bridge needs of a denoising network, written down once.
 
 An ``EpsNetwork`` wraps a family's module (kept as ``.net``, so its state_dict names are the
-family's own and checkpoints load as they are) and answers ``network(x, t, y) -> ε`` in float32 with
-exactly ``in_channels`` channels. It also says its image size, number of classes (None:
-unconditional) and whether the module learns σ (extra output channels, dropped here).
+family's own and checkpoints load as they are) and answers ``network(x, t, y)`` in float32 with
+exactly ``in_channels`` channels: ε, or what its ``prediction_type`` says it predicts (``v_prediction``,
+``sample``; ``diffusions.denoisers`` turns each into x₀). It also says the size of what it denoises
+(``image_size``: the image for pixel models, the latent for latent ones, see ``models.codec``), its
+number of classes (None: unconditional), the label of its null class where it was trained for
+classifier-free guidance, and whether the module learns σ (extra output channels, dropped here).
 
 A family is registered by name with the config keys its ``model`` section takes and a builder;
 ``family: NAME`` in a config picks it (default ``adm``, guided-diffusion's UNet). The fast path
@@ -24,14 +27,18 @@ from .unet import UNetModel
 class EpsNetwork(nn.Module):
     """ε(x, t, y) of a family's network, with the facts the bridge needs about it (and its classes'
     names, where its config gives them)."""
+    family = "adm"  # the config family that built it (set by the loader; saved latents record it)
 
     def __init__(self, net: nn.Module, in_channels: int, image_size: int, num_classes: Optional[int],
-                 learn_sigma: bool = False, class_names: Optional[list] = None):
+                 learn_sigma: bool = False, class_names: Optional[list] = None, prediction_type: str = "epsilon",
+                 null_class: Optional[int] = None):
         super().__init__()
         self.net = net
         self.in_channels, self.image_size = in_channels, image_size
         self.num_classes, self.learn_sigma = num_classes, learn_sigma
         self.class_names = class_names  # one per label where known (a config's class_names), else None
+        self.prediction_type = prediction_type  # epsilon | v_prediction | sample
+        self.null_class = null_class  # the label trained as "no class" (classifier-free guidance), if any
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         out = self.net(x, t, y) if self.num_classes is not None else self.net(x, t)

@@ -1,6 +1,10 @@
 """Shared fixtures: the golden guided-diffusion reference and tiny random models."""
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 sys.path.insert(0, str(ROOT))
+
+# No test reaches the model hub: offline, with a Hugging Face cache of the session's own (set before
+# anything imports huggingface_hub, which reads these once; subprocesses inherit them).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ddib-test-hf-")
+for _var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+    os.environ.pop(_var, None)
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], True)
 
 from models import EncoderUNetModel, UNetModel  # noqa: E402
 

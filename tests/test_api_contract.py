@@ -45,7 +45,8 @@ def _refused(fn, match):
     (np.full((16, 16, 3), -0.5), "float pixels must lie in [0, 1]; these span -0.5..-0.5"),
     (np.full((16, 16, 3), 200.0), "float pixels must lie in [0, 1]"),
     (np.full((16, 16), 300, np.int32), "integer pixels must lie in 0..255"),
-    (np.zeros((16, 16, 3), np.complex64), "are no image"), (np.zeros((1, 2, 16, 16, 3), np.uint8), "neither one image"),
+    (np.zeros((16, 16, 3), np.complex64), "are no image"),
+    (np.zeros((1, 2, 16, 16, 3), np.uint8), "neither one image"),
     (np.zeros((16, 16, 5), np.uint8), "1 to 4 channels"), (torch.zeros(7, 16, 16, dtype=torch.uint8), "1 to 4 channels"),
 ])
 def test_wrong_images_are_one_line_errors(bridge, images, match):
@@ -140,8 +141,8 @@ def test_a_device_that_is_not_here():
 
 @pytest.mark.parametrize("config,match", [
     ({}, "the config dict has no 'model' section"), ({"model": {}}, "config section 'model' needs 'image_size'"),
-    ([], "expected a path or a config dict"), ("", "config is an empty path"), (None, "expected a path"),
-    ("nope.yaml", "config file not found: nope.yaml"),
+    ([], "expected a path or a config dict"), ("", "config is an empty path"),
+    (None, "a checkpoint file needs its config"), ("nope.yaml", "config file not found: nope.yaml"),
 ])
 def test_wrong_configs(config, match):
     _refused(lambda: DDIB.from_files(config, WEIGHTS), match)

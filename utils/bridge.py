@@ -1,5 +1,9 @@
 """The two halves of a bridge on batches of tensors, with the guards that keep a long run going.
 
+Each side encodes images into the state its model denoises before the inversion and decodes states
+after the generation (``models.codec``: the identity for pixel models, a VAE for latent ones), so
+callers hand in and get back images, and latents are states.
+
 The guards split a batch that runs out of memory, redo in float32 what came out non-finite under
 16-bit precision, and report per image whether the result is finite, so no caller writes a
 non-finite image.
@@ -14,6 +18,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from diffusions import RESPACE_TYPES, SOLVERS, generate, get_solver, invert, respace
+
+from models.codec import IDENTITY, Codec
 
 from .errors import printable
 from .images import image_seed
@@ -38,10 +44,12 @@ def _integer(minimum=None, optional=False):
     return check
 
 
-def _number(low=-math.inf, high=math.inf):
+def _number(low=-math.inf, high=math.inf, optional=False):
     def check(name, value):
+        if optional and value is None:
+            return
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            raise SettingError(name, f"must be a number, got {_shown(value)}")
+            raise SettingError(name, f"must be a number{' or None' if optional else ''}, got {_shown(value)}")
         if not math.isfinite(value):
             raise SettingError(name, f"must be a finite number, got {value}")
         if not low <= value <= high:
@@ -90,6 +98,8 @@ class Sampling:
     seed: int = field(default=0, metadata=_valid(_integer()))
     # last timestep (where inversion stops); None: what the spacing gives
     t_end: Optional[int] = field(default=None, metadata=_valid(_integer(1, optional=True)))
+    # classifier-free guidance of the generation; None: none
+    cfg_scale: Optional[float] = field(default=None, metadata=_valid(_number(optional=True)))
 
     @classmethod
     def names(cls) -> tuple:
@@ -164,8 +174,20 @@ class Bridge:
     fallback: Optional[Callable[[], tuple]] = None  # builds float32 (model_A, model_B, classifier) on demand
     pad_to: Optional[int] = None  # compiled networks: pad every batch to this size (one static shape)
     warn: Callable[[str], None] = print
+    codec_A: Codec = IDENTITY  # images ↔ the states model_A denoises
+    codec_B: Codec = IDENTITY
     _split_warned: bool = field(default=False, repr=False)
     _float32: Optional[tuple] = field(default=None, repr=False)
+
+    @property
+    def state_shape(self) -> tuple:
+        """The shape of one latent: what model_A denoises (the image, or a VAE's latent)."""
+        return (self.model_A.in_channels, self.model_A.image_size, self.model_A.image_size)
+
+    @property
+    def latent_space(self) -> dict:
+        """What made model_A's latents: its network family and codec (recorded in saved latents)."""
+        return {"family": getattr(self.model_A, "family", "adm"), "codec": self.codec_A.describe()}
 
     def timesteps(self, sampling: Optional[Sampling] = None) -> list:
         return (sampling or self.sampling).timesteps(self.alphas_cumprod)
@@ -213,24 +235,29 @@ class Bridge:
 
     def invert(self, x0: torch.Tensor, classes: Sequence[Optional[int]], side: str = "A",
                sampling: Optional[Sampling] = None):
-        """Images → latents with the source model (or the target's, ``side="B"``); returns (latents, ok)."""
+        """Images → latents (states) with the source model (or the target's, ``side="B"``), encoded by
+        that side's codec first; returns (latents, ok)."""
         s = sampling or self.sampling
         x0, y, ts = x0.to(self.device), _labels(classes, self.device), self.timesteps(s)
-        return self._guarded(lambda idx, nets: invert(nets[side], x0[idx], None if y is None else y[idx],
+        codec = self.codec_A if side == "A" else self.codec_B
+        return self._guarded(lambda idx, nets: invert(nets[side], codec.encode(x0[idx]), None if y is None else y[idx],
                                                       self.alphas_cumprod, ts, solver=s.solver), len(x0))
 
     def generate(self, latents: torch.Tensor, classes: Sequence[Optional[int]], keys: Sequence[str],
                  side: str = "B", guided: bool = True, sampling: Optional[Sampling] = None):
-        """Latents → images with the target model (or the source's, ``side="A"``); ``keys`` name each
-        image's noise. Returns (images, ok)."""
+        """Latents → images with the target model (or the source's, ``side="A"``), decoded by that side's
+        codec; ``keys`` name each image's noise; ``guided=False`` leaves out both kinds of guidance.
+        Returns (images, ok)."""
         s = sampling or self.sampling
         latents, y, ts = latents.to(self.device), _labels(classes, self.device), self.timesteps(s)
+        codec = self.codec_A if side == "A" else self.codec_B
 
         def fn(idx, nets):
-            return generate(nets[side], latents[idx], None if y is None else y[idx], self.alphas_cumprod, ts,
-                            eta=s.eta, clip_x0=s.clip_x0, classifier=nets["classifier"] if guided else None,
-                            classifier_scale=s.classifier_scale, solver=s.solver,
-                            noise_sampler=self._noise_sampler(s, [keys[i] for i in idx], latents.shape[1:]))
+            return codec.decode(generate(
+                nets[side], latents[idx], None if y is None else y[idx], self.alphas_cumprod, ts, eta=s.eta,
+                clip_x0=s.clip_x0, classifier=nets["classifier"] if guided else None,
+                classifier_scale=s.classifier_scale, solver=s.solver, cfg_scale=s.cfg_scale if guided else None,
+                noise_sampler=self._noise_sampler(s, [keys[i] for i in idx], latents.shape[1:])))
         return self._guarded(fn, len(latents))
 
     def _noise_sampler(self, s: Sampling, keys, shape):

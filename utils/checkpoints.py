@@ -124,12 +124,17 @@ def load_weights(model: torch.nn.Module, path, what: str = "model") -> None:
 def load_network(cfg: dict, weights, part: str = "model", what: Optional[str] = None, device="cpu"):
     """The one loader: build ``cfg[part]`` and load ``weights`` into it strictly, in eval mode on
     ``device``. ``part="model"`` gives the family's ``EpsNetwork`` (weights go into its ``.net``, with the
-    family's own names); ``part="classifier"`` the ADM noisy classifier."""
+    family's own names; a diffusers model is loaded by diffusers from its folder or hub id);
+    ``part="classifier"`` the ADM noisy classifier."""
     from models import FAMILIES, EncoderUNetModel
 
     from .config import DEFAULT_FAMILY, build_network
 
     what = what or part
+    if part == "model" and cfg.get("family") == "diffusers":  # built and loaded by diffusers from its folder
+        from .diffusers_loading import load_network as load_diffusers_network
+
+        return load_diffusers_network(cfg, weights, device)
     if part == "classifier":
         if cfg.get("classifier") is None:
             raise UserError(f"the config has no 'classifier' section for the {what}")
@@ -138,5 +143,5 @@ def load_network(cfg: dict, weights, part: str = "model", what: Optional[str] = 
     else:
         net = build_network(FAMILIES[cfg.get("family", DEFAULT_FAMILY)].build, cfg["model"], "model")
         load_weights(net.net, weights, what)
-        net.class_names = cfg.get("class_names")
+        net.class_names, net.family = cfg.get("class_names"), cfg.get("family", DEFAULT_FAMILY)
     return net.to(device).eval().requires_grad_(False)

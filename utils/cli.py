@@ -35,8 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "DDIM inversion conditioned on class A, then DDIM generation conditioned on class B.",
         epilog="Multi-GPU: accelerate launch --multi_gpu --num_processes N sample_ddib.py ...; "
                "mixed precision: accelerate launch --mixed_precision bf16 sample_ddib.py ...")
-    p.add_argument("-c", "--config", help="model YAML (configs/*.yaml), matching --weights (required)")
-    p.add_argument("--weights", help="UNet checkpoint (.pt state_dict, or a wrapper holding one) (required)")
+    p.add_argument("-c", "--config", help="model YAML (configs/*.yaml), matching --weights (required for a checkpoint "
+                                          "file; a diffusers model needs none, or its scheduler_config.json)")
+    p.add_argument("--weights", help="UNet checkpoint (.pt state_dict, or a wrapper holding one), or a diffusers "
+                                     "model: a pipeline or model folder, or a hub id such as google/ddpm-cat-256 "
+                                     "(required)")
     p.add_argument("--input_dir", help="folder of class-A images, scanned recursively (required)")
     p.add_argument("--save_dir", help="where translations go: SAVE_DIR/<path relative to input_dir>.png; with "
                                       "several target classes SAVE_DIR/<class_B>/<path>.png (required)")
@@ -51,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "just these files with these classes")
     p.add_argument("--config_B", help="config of a second, independently trained model for the generation "
                                       "half (default: the -c model); both must share image size and schedule")
-    p.add_argument("--weights_B", help="checkpoint of the --config_B model")
+    p.add_argument("--weights_B", help="checkpoint of the --config_B model, or a diffusers folder or hub id "
+                                       "(then without --config_B)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for the generation noise when --eta > 0 (default: 0); with eta 0 the run is "
                         "deterministic")
@@ -74,11 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier_scale", type=float,
                    help="classifier guidance scale S: eps -= sqrt(1-alpha_bar_t) * S * grad log p(class_B|x_t) "
                         "(default 1.0 when --classifier_weights is given)")
+    p.add_argument("--cfg_scale", type=float,
+                   help="classifier-free guidance scale S of the generation: eps = eps(x, null) + S * (eps(x, "
+                        "class_B) - eps(x, null)); for models trained with a null class (DiT); default: none")
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM eta for the generation half (default 0: deterministic); inversion is always the "
                         "deterministic ODE")
-    p.add_argument("--clip_x0", action=argparse.BooleanOptionalAction, default=True,
-                   help="clip the x0 prediction to [-1, 1] during generation (default: on; inversion never clips)")
+    p.add_argument("--clip_x0", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip the x0 prediction to [-1, 1] during generation (default: on; a diffusers model as its "
+                        "scheduler's clip_sample says; off for latent models; inversion never clips)")
     p.add_argument("--save_pairs", action="store_true",
                    help="also write source|translation side by side under SAVE_DIR/_pairs/")
     p.add_argument("--overwrite", action="store_true",
@@ -128,19 +136,30 @@ def check_given(args) -> None:
 
 
 def check_paths(args) -> None:
-    """Every path check that can fail before a model is built."""
+    """Every path check that can fail before a model is built. A diffusers model (a folder or hub id
+    as --weights) needs no -c; given, -c is its scheduler config (a file, or a folder holding one)."""
+    from .diffusers_loading import is_diffusers_source
+
     check_given(args)
-    for flag, value in (("--config", args.config), ("--weights", args.weights), ("--input_dir", args.input_dir),
-                        ("--save_dir", args.save_dir)):
+    for flag, value in (("--weights", args.weights), ("--input_dir", args.input_dir), ("--save_dir", args.save_dir)):
         if value is None:
             raise UserError(f"{flag} is required")
-    if (args.config_B is None) != (args.weights_B is None):
+    diffusers_A, diffusers_B = is_diffusers_source(args.weights), is_diffusers_source(args.weights_B)
+    if args.weights_B is None and args.config_B is not None:
         raise UserError("--config_B and --weights_B go together")
-    for flag, value in (("--config", args.config), ("--weights", args.weights), ("--config_B", args.config_B),
-                        ("--weights_B", args.weights_B), ("--classifier_weights", args.classifier_weights),
-                        ("--manifest", args.manifest)):
-        if value is not None and not Path(value).is_file():
+    if args.weights_B is not None and args.config_B is None and not diffusers_B:
+        raise UserError("--config_B and --weights_B go together (a diffusers folder or hub id as --weights_B "
+                        "needs no --config_B)")
+    for flag, value, folder_ok in (("--config", args.config, diffusers_A), ("--weights", args.weights, diffusers_A),
+                                   ("--config_B", args.config_B, diffusers_B),
+                                   ("--weights_B", args.weights_B, diffusers_B),
+                                   ("--classifier_weights", args.classifier_weights, False),
+                                   ("--manifest", args.manifest, False)):
+        if value is not None and not Path(value).is_file() and not (folder_ok and (
+                flag.startswith("--weights") or Path(value).is_dir())):
             raise UserError(f"{flag}: file not found: {value}")
+    if args.config is None and not diffusers_A:
+        raise UserError("--config is required for a checkpoint file (a diffusers folder or hub id needs none)")
     inp, out = Path(args.input_dir), Path(args.save_dir)
     if not inp.is_dir():
         raise UserError(f"--input_dir: not a folder: {inp}")
@@ -159,12 +178,14 @@ def check_finite(args) -> None:
     scales must be finite numbers."""
     if not 0 <= args.eta <= 1:  # also refuses nan
         raise UserError(f"--eta must be between 0 and 1, got {args.eta}")
-    if args.classifier_scale is not None and not math.isfinite(args.classifier_scale):
-        raise UserError(f"--classifier_scale must be a finite number, got {args.classifier_scale}")
+    for flag, value in (("--classifier_scale", args.classifier_scale), ("--cfg_scale", args.cfg_scale)):
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
 
 
 FLAG_OF = {"steps": "--respace_steps", "respace_type": "--respace_type", "solver": "--solver", "eta": "--eta",
-           "clip_x0": "--clip_x0", "classifier_scale": "--classifier_scale", "seed": "--seed", "t_end": "--t_end"}
+           "clip_x0": "--clip_x0", "classifier_scale": "--classifier_scale", "seed": "--seed", "t_end": "--t_end",
+           "cfg_scale": "--cfg_scale"}
 
 
 def sampling_of(args):
@@ -174,12 +195,13 @@ def sampling_of(args):
     scale = args.classifier_scale if args.classifier_scale is not None else (
         1.0 if args.classifier_weights is not None else 0.0)
     return Sampling(steps=args.respace_steps, respace_type=args.respace_type, solver=args.solver, eta=args.eta,
-                    clip_x0=args.clip_x0, classifier_scale=scale, seed=args.seed, t_end=args.t_end)
+                    clip_x0=args.clip_x0, classifier_scale=scale, seed=args.seed, t_end=args.t_end,
+                    cfg_scale=args.cfg_scale)
 
 
 def check_numbers(args, cfg_A, cfg_B) -> None:
     """Checks of steps, guidance and eta against the configs (class labels: see utils.jobs)."""
-    from diffusions import alphas_cumprod
+    from diffusions import schedule_alphas
 
     from .bridge import SettingError
 
@@ -194,12 +216,17 @@ def check_numbers(args, cfg_A, cfg_B) -> None:
         if cfg_B["model"].get("num_classes") is None and args.class_B is None:
             raise UserError("classifier guidance needs --class_B")
     check_finite(args)
+    from .pipeline import check_sampling_for
+    try:
+        check_sampling_for(cfg_B, {"cfg_scale": args.cfg_scale, "clip_x0": args.clip_x0})
+    except UserError as e:
+        raise UserError("--" + str(e)) from None
     if args.eta > 0 and not SOLVERS[args.solver].stochastic:
         raise UserError(f"--eta > 0 needs --solver ddim; the {args.solver} solver is deterministic")
     if args.from_latents is not None and args.save_latents:
         raise UserError("--from_latents and --save_latents together would copy latents; use one")
     try:  # everything the library checks too, here before any model loads
-        sampling_of(args).check(alphas_cumprod(cfg_A["diffusion"]["beta_schedule"], total))
+        sampling_of(args).check(schedule_alphas(cfg_A["diffusion"]))
     except SettingError as e:
         raise UserError(f"{FLAG_OF.get(e.field, e.field)} {e.problem}") from None
     except ValueError as e:

@@ -186,6 +186,18 @@ def check_config(raw, where: str = "the config") -> dict:
     return cfg
 
 
+def model_config(config, weights) -> dict:
+    """One side's config dict: a diffusers model (a folder or hub id as ``weights``) describes itself,
+    ``config`` then being at most its scheduler config; a checkpoint file needs its YAML ``config``."""
+    from .diffusers_loading import describe, is_diffusers_source
+
+    if is_diffusers_source(weights):
+        return describe(weights, schedule_from=config)
+    if config is None:
+        raise UserError("a checkpoint file needs its config (-c); a diffusers model folder or hub id needs none")
+    return load_config(config)
+
+
 MAX_PARAMETERS = 4_000_000_000  # the largest guided-diffusion UNet has 0.56 billion
 
 

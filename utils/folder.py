@@ -105,9 +105,9 @@ def _latents(bridge, batch, layout, opts, result):
     if opts.from_latents is None:
         latents, ok = bridge.invert(to_tensor([arr for _, arr in batch]), [job.class_A for job, _ in batch])
     else:
-        shape = (bridge.model_A.in_channels, opts.image_size, opts.image_size)
+        shape = bridge.state_shape
         loaded = [load_latent(layout.latent(job.rel, opts.from_latents), ts, bridge.alphas_cumprod,
-                              bridge.sampling.solver, shape) for job, _ in batch]
+                              bridge.sampling.solver, shape, **bridge.latent_space) for job, _ in batch]
         ok = torch.tensor([torch.is_tensor(x) for x in loaded])
         latents = torch.stack([x if torch.is_tensor(x) else torch.zeros(shape) for x in loaded])
     kept = []
@@ -122,7 +122,8 @@ def _latents(bridge, batch, layout, opts, result):
         for i, job, _ in kept:
             path = layout.latent(job.rel)
             write_or_fail(result, bridge, job.rel, path, save_latent, path, latents[i], job.class_A, ts,
-                          bridge.alphas_cumprod, bridge.sampling.solver, root=layout.save_dir)
+                          bridge.alphas_cumprod, bridge.sampling.solver, *bridge.latent_space.values(),
+                          root=layout.save_dir)
     return kept, latents
 
 
@@ -338,6 +339,8 @@ def display_settings(plan: Plan, sampling, precision: str, name_A, name_B, model
             "steps": f"{sampling.steps} per half ({sampling.respace_type}, {sampling.solver}"
                      + (f", up to t = {sampling.t_end})" if sampling.t_end else ")"),
             "clip x0": "on" if sampling.clip_x0 else "off",
-            "guidance": f"classifier, scale {sampling.classifier_scale:g}" if guided else "none",
+            "guidance": "; ".join(([f"classifier, scale {sampling.classifier_scale:g}"] if guided else [])
+                                  + ([f"classifier-free, scale {sampling.cfg_scale:g}"]
+                                     if sampling.cfg_scale is not None else [])) or "none",
             "eta": f"{sampling.eta:g}" + (f" (seed {sampling.seed})" if sampling.eta else ""),
             "precision": precision}

@@ -176,7 +176,7 @@ def check_output(output) -> str:
 def check_load_options(config, weights, classifier, config_B, weights_B, compile, micro_batch, deterministic,
                        workload, warn) -> None:
     """The arguments of ``DDIB.from_files`` that need no file read."""
-    for name, value, optional in (("config", config, False), ("weights", weights, False),
+    for name, value, optional in (("config", config, True), ("weights", weights, False),
                                   ("classifier", classifier, True), ("config_B", config_B, True),
                                   ("weights_B", weights_B, True)):
         if value is None and optional:
@@ -184,12 +184,13 @@ def check_load_options(config, weights, classifier, config_B, weights_B, compile
         if isinstance(value, dict) and name.startswith("config"):
             continue
         if not isinstance(value, (str, os.PathLike)):
-            raise UserError(f"{name}: expected a path{' or a config dict' if name.startswith('config') else ''}; "
+            raise UserError(f"{name}: expected a path{' or a config dict' if name.startswith('config') else ''}"
+                            f"{' or a diffusers folder or hub id' if name.startswith('weights') else ''}; "
                             f"got {_type(value)}")
         if not str(os.fspath(value)).strip():
             raise UserError(f"{name} is an empty path")
-    if (config_B is None) != (weights_B is None):
-        raise UserError("config_B and weights_B go together")
+    if config_B is not None and weights_B is None:
+        raise UserError("config_B and weights_B go together (config_B describes the weights_B model)")
     if compile not in COMPILE_CHOICES or isinstance(compile, (int, float)) and not isinstance(compile, bool):
         raise UserError(f"compile must be 'auto', 'on', 'off', True or False; got {_shown(compile)}")
     if micro_batch != "auto" and (not isinstance(micro_batch, numbers.Integral) or isinstance(micro_batch, bool)

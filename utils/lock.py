@@ -107,7 +107,8 @@ class SaveFolderLock:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
                 os.close(fd)
                 raise UserError(f"--save_dir {printable(str(save_dir))} is in use by another run (process "
-                                f"{printable(holder, 32)}); wait for it to finish or choose another --save_dir") from None
+                                f"{printable(holder, 32)}); wait for it to finish or choose another "
+                                "--save_dir") from None
             try:
                 same = os.path.samestat(os.fstat(fd), os.lstat(self.path))
             except FileNotFoundError:

@@ -223,17 +223,22 @@ class Layout:
 
 
 def save_latent(path: Path, latent: torch.Tensor, class_A, timesteps, alphas_cumprod, solver: str,
-                root=None) -> None:
-    """Keep an image's latent with what it was made with, so a later run can generate from it (inside
-    ``root``, when given: see ``utils.images.atomic_path``)."""
+                family: str = "adm", codec: str = "identity", root=None) -> None:
+    """Keep an image's latent with what it was made with, so a later run can generate from it. The
+    latent is the model's state (a VAE latent's for latent models): the file names the network family
+    and the codec (``models.codec``) that made it. Written inside ``root``, when given (see
+    ``utils.images.atomic_path``)."""
     with atomic_path(path, root) as tmp:
         torch.save({"latent": latent.detach().float().cpu(), "class_A": class_A, "timesteps": list(timesteps),
-                    "solver": solver, "alphas_cumprod_last": float(alphas_cumprod[timesteps[-1]])}, tmp)
+                    "solver": solver, "alphas_cumprod_last": float(alphas_cumprod[timesteps[-1]]),
+                    "family": family, "codec": codec}, tmp)
 
 
-def load_latent(path: Path, timesteps, alphas_cumprod, solver: str, shape):
+def load_latent(path: Path, timesteps, alphas_cumprod, solver: str, shape, family: str = "adm",
+                codec: str = "identity"):
     """A saved latent as a tensor, or the reason (a str) it cannot be used with these settings. Any
-    file is checked field by field: a foreign or damaged one is a reason, never an exception."""
+    file is checked field by field: a foreign or damaged one is a reason, never an exception. Files
+    written before latents recorded their family and codec are pixel latents of any family."""
     from .errors import printable
 
     shown = printable(str(path))
@@ -255,6 +260,9 @@ def load_latent(path: Path, timesteps, alphas_cumprod, solver: str, shape):
                 "use the same --respace_type and --respace_steps")
     if data.get("solver", "ddim") != solver:
         return f"latent {shown} was made with the {printable(repr(data.get('solver')), 40)} solver; use the same --solver"
+    if data.get("codec", "identity") != codec or data.get("family", family) != family:
+        return (f"latent {shown} was made by a {printable(str(data.get('family', 'pixel')), 40)} model with the "
+                f"{printable(str(data.get('codec', 'identity')), 80)} codec; this model is {family} with {codec}")
     last = data.get("alphas_cumprod_last")
     if not isinstance(last, float) or abs(last - float(alphas_cumprod[timesteps[-1]])) > 1e-12:
         return f"latent {shown} was made with another noise schedule"

@@ -17,12 +17,13 @@ from typing import Optional, Sequence, Union
 import torch
 from PIL import Image
 
-from diffusions import alphas_cumprod
+from diffusions import schedule_alphas
+from diffusions.schedules import schedules_differ
 
 from .bridge import Bridge, Sampling
 from .checkpoints import load_network
 from .classes import Labels
-from .config import check_config, load_config
+from .config import check_config, model_config
 from .errors import UserError
 from .images import to_uint8
 from .inputs import (check_device, check_load_options, check_output, classes_given, image_batch, latent_batch,
@@ -96,6 +97,39 @@ def _prepare(nets, dtype, compile: bool, workers: int, one_at_a_time: bool):
     return tuple(None if net is None else done[id(net)] for net in nets), low
 
 
+def _load_codecs(cfg_A, weights_A, cfg_B, weights_B, device, workers: int, one_at_a_time: bool) -> tuple:
+    """Each side's image ↔ state codec (models.codec), loaded once when both sides share a model."""
+    from models.codec import IDENTITY
+
+    def load(cfg, weights):
+        if cfg.get("codec") is None:
+            return IDENTITY
+        from .diffusers_loading import load_codec
+        return load_codec(cfg, weights, device).prepare(workers, one_at_a_time)
+
+    codec_A = load(cfg_A, weights_A)
+    return codec_A, codec_A if weights_B is None else load(cfg_B, weights_B)
+
+
+def default_clip_x0(cfg: dict) -> bool:
+    """Clipping x₀ to the image range is on for pixel models (a diffusers model: as its scheduler's
+    clip_sample says) and off for latent ones, whose state is no image."""
+    if cfg.get("codec") is not None:
+        return False
+    return cfg["model"].get("clip_sample", True) if cfg.get("family") == "diffusers" else True
+
+
+def check_sampling_for(cfg_B: dict, sampling: dict) -> None:
+    """Settings the target model must allow: classifier-free guidance needs its null class, and x₀
+    clipping needs it to denoise images."""
+    if sampling.get("cfg_scale") is not None and cfg_B["model"].get("null_class") is None:
+        raise UserError("cfg_scale (classifier-free guidance) needs a model trained with a null class, such as "
+                        "DiT; the target model has none")
+    if sampling.get("clip_x0") and cfg_B.get("codec") is not None:
+        raise UserError("clip_x0 clips the denoised state to [-1, 1], and this model's state is a VAE latent, "
+                        "not an image: leave clip_x0 off")
+
+
 class DDIB:
     """A loaded bridge: ``invert`` images to latents with class A, ``generate`` images from latents
     with class B, or ``translate`` both at once. Sampling settings (``steps``, ``respace_type``,
@@ -111,9 +145,19 @@ class DDIB:
     unclamped: in [-1, 1] up to the solver's error, a little outside it where x₀ is not clipped."""
 
     def __init__(self, bridge: Bridge, image_size: int, micro_batch: int = 8, compiled: bool = False,
-                 precision: str = "float32"):
+                 precision: str = "float32", configs: Optional[tuple] = None):
         self.bridge, self.image_size, self.micro_batch = bridge, image_size, micro_batch
         self.compiled, self.precision = compiled, precision
+        self.configs = configs  # (cfg_A, cfg_B) as loaded
+
+    @classmethod
+    def from_pretrained(cls, weights, weights_B=None, *, scheduler_config=None, scheduler_config_B=None,
+                        **kwargs) -> "DDIB":
+        """Load diffusers models: a pipeline folder, a model folder or a hub id (``google/ddpm-cat-256``)
+        for the source side, optionally another for the target side. The architecture, schedule, VAE
+        and class names come from the folder; ``scheduler_config`` gives the schedule of a model
+        folder that has none. Other arguments as ``from_files``."""
+        return cls.from_files(scheduler_config, weights, config_B=scheduler_config_B, weights_B=weights_B, **kwargs)
 
     @classmethod
     def from_files(cls, config, weights, classifier=None, *, config_B=None, weights_B=None, device=None,
@@ -122,7 +166,9 @@ class DDIB:
                    **sampling) -> "DDIB":
         """Load a model from its config (a path, or a dict as ``load_config`` returns or a YAML file
         holds) and weights, and optionally a second model for the generation half and a noisy
-        classifier for guidance on the target side.
+        classifier for guidance on the target side. ``weights`` may also be a diffusers folder or hub
+        id, ``config`` then None (or the scheduler config of a model folder without one); likewise
+        ``weights_B`` and ``config_B``.
 
         device: ``cpu``, ``cuda``, ``cuda:N`` or a torch.device (default: the GPU when there is one).
         precision: ``auto`` | ``no`` | ``bf16`` | ``fp16``. compile: ``auto`` (on a GPU when ``workload``,
@@ -134,11 +180,15 @@ class DDIB:
         networks alone, so outputs are bit-identical for any batch size or process count (about 2x slower
         on small models). Every argument is checked: a wrong one is a ``UserError`` naming it.
         """
+        from .diffusers_loading import is_diffusers_source
+
         check_load_options(config, weights, classifier, config_B, weights_B, compile, micro_batch, deterministic,
                            workload, warn)
-        cfg_A = check_config(config, "the config dict") if isinstance(config, dict) else load_config(config)
-        cfg_B = cfg_A if config_B is None else check_config(config_B, "the config_B dict") \
-            if isinstance(config_B, dict) else load_config(config_B)
+        cfg_A = _config(config, weights, "config")
+        if config_B is None and not is_diffusers_source(weights_B):
+            cfg_B = cfg_A  # one model, or the same architecture with other weights
+        else:
+            cfg_B = _config(config_B, weights_B, "config_B")
         check_bridgeable(cfg_A, cfg_B)
         device = check_device(device)
         if classifier is not None and cfg_B["classifier"] is None:
@@ -146,7 +196,9 @@ class DDIB:
         if classifier is None and sampling.get("classifier_scale", 0) not in (0, None):
             raise UserError("classifier_scale needs a classifier (classifier=PATH to its weights)")
         sampling.setdefault("classifier_scale", 1.0 if classifier is not None else 0.0)
-        schedule = alphas_cumprod(cfg_A["diffusion"]["beta_schedule"], cfg_A["diffusion"]["total_steps"])
+        sampling.setdefault("clip_x0", default_clip_x0(cfg_B))
+        check_sampling_for(cfg_B, sampling)
+        schedule = schedule_alphas(cfg_A["diffusion"])  # the source's table (check_bridgeable: B's agrees)
         try:
             sampling = Sampling.make(**sampling).check(schedule)
         except ValueError as e:
@@ -170,22 +222,29 @@ class DDIB:
             return model_A, model_B, clf
 
         (model_A, model_B, clf), low = _prepare(load(), dtype, compiled, workers, deterministic)
+        codec_A, codec_B = _load_codecs(cfg_A, weights, cfg_B, weights_B, device, workers, deterministic)
         if micro_batch == "auto":  # probed on the prepared networks: their dtype decides the memory
             from models.fast import pick_micro_batch
             micro_batch = pick_micro_batch(model_A, clf, device, cpu_batch=8)
         bridge = Bridge(model_A=model_A, model_B=model_B, classifier=clf, device=device, sampling=sampling,
                         alphas_cumprod=schedule, low_precision=low,
                         fallback=lambda: _prepare(load(), None, False, workers, deterministic)[0],
-                        pad_to=micro_batch if compiled and not workers else None, warn=warn)
+                        pad_to=micro_batch if compiled and not workers else None, warn=warn,
+                        codec_A=codec_A, codec_B=codec_B)
         return cls(bridge, cfg_A["model"]["image_size"], int(micro_batch), compiled,
-                   {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if low else "float32")
+                   {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if low else "float32", (cfg_A, cfg_B))
 
     # --- conversion -------------------------------------------------------------------------------
     def images_to_tensor(self, images) -> torch.Tensor:
         """Paths, PIL images, numpy arrays (HW/HWC, or an NHWC batch) or float CHW/NCHW tensors in
         [-1, 1] → a float32 NCHW batch. Arrays and PIL images follow the rules of files: uint8 as it
         is, uint16 as 16 bits, bool as black and white, floats in [0, 1]; others are refused."""
-        return image_batch(images, self.image_size, self.bridge.model_A.in_channels)
+        return image_batch(images, self.image_size, self.image_channels)
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images (a latent model's images are RGB; its networks see the VAE's latents)."""
+        return self.bridge.model_A.in_channels if self.bridge.codec_A.describe() == "identity" else 3
 
     def _classes(self, value, n: int, network, name: str, per_image: bool) -> list:
         """One label per image from one class (or a list of one per image when ``per_image``)."""
@@ -233,8 +292,7 @@ class DDIB:
         noise when η > 0 (default: its index)."""
         s = self._sampling(sampling)
         check_output(output)
-        shape = (self.bridge.model_B.in_channels, self.image_size, self.image_size)
-        latents = latent_batch(latents, shape)
+        latents = latent_batch(latents, self.bridge.state_shape)
         keys = noise_keys(keys, len(latents))
         class_B, class_B_per_image = classes_given(class_B), classes_given(class_B_per_image)
         if isinstance(class_B, (list, tuple)):
@@ -267,6 +325,8 @@ class DDIB:
         return self.generate(latents, class_B, output, class_B_per_image=class_B_per_image, **sampling)
 
     def _sampling(self, overrides: dict) -> Sampling:
+        if overrides and self.configs is not None:
+            check_sampling_for(self.configs[1], overrides)
         try:
             s = self.bridge.with_sampling(**overrides) if overrides else self.bridge.sampling
         except ValueError as e:
@@ -276,12 +336,37 @@ class DDIB:
         return s
 
 
+def _config(config, weights, what: str) -> dict:
+    """One side's config: a dict is checked as a file's would be (one a diffusers folder described is
+    already checked), a path or None goes to ``model_config`` (a diffusers folder needs none)."""
+    if isinstance(config, dict):
+        return config if config.get("family") == "diffusers" else check_config(config, f"the {what} dict")
+    return model_config(config, weights)
+
+
 def check_bridgeable(cfg_A, cfg_B) -> None:
-    """Two models can bridge only through one latent space: same image shape and noise schedule."""
+    """Two models can bridge only through one latent space: the same codec (pixels, or the same VAE
+    latent), image shape and noise schedule. Schedules built by different libraries (guided-diffusion's
+    float64 ``linear`` and diffusers' float32 one) are one schedule when their ᾱ agree within
+    ``SCHEDULE_RTOL``; the bridge then samples with the source model's table."""
+    codec_A, codec_B = cfg_A.get("codec"), cfg_B.get("codec")
+    if codec_A != codec_B:
+        def space(c):
+            return "pixels" if c is None else f"a VAE latent (scaling_factor {c['scaling_factor']:g})"
+        raise UserError(f"the two models denoise different spaces ({space(codec_A)} vs {space(codec_B)}"
+                        f"{', other VAEs' if codec_A and codec_B else ''}); a bridge needs one latent space")
     for key in ("image_size", "in_channels"):
         if cfg_A["model"].get(key, 3) != cfg_B["model"].get(key, 3):
             raise UserError(f"the two models differ in {key} ({cfg_A['model'].get(key, 3)} vs "
                             f"{cfg_B['model'].get(key, 3)}); a bridge needs the same image shape on both sides")
-    if cfg_A["diffusion"] != cfg_B["diffusion"]:
-        raise UserError(f"the two models differ in their noise schedule ({cfg_A['diffusion']} vs "
-                        f"{cfg_B['diffusion']}); a bridge needs the same schedule on both sides")
+    if cfg_A["diffusion"] != cfg_B["diffusion"] and schedules_differ(schedule_alphas(cfg_A["diffusion"]),
+                                                                     schedule_alphas(cfg_B["diffusion"])):
+        raise UserError(f"the two models differ in their noise schedule ({_schedule_text(cfg_A)} vs "
+                        f"{_schedule_text(cfg_B)}); a bridge needs the same schedule on both sides")
+
+
+def _schedule_text(cfg: dict) -> str:
+    section = dict(cfg["diffusion"])
+    if section.get("trained_betas") is not None:
+        section["trained_betas"] = "[…]"
+    return str(section)

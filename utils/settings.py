@@ -20,9 +20,19 @@ from .lock import RECORD, TOOL_DIR
 
 
 def file_identity(path):
-    """Size and SHA-256 of a file: the same weights under another name are the same weights."""
+    """Size and SHA-256 of a file: the same weights under another name are the same weights. A
+    diffusers model (a folder or hub id) is every file it is loaded from: their total size, each one's
+    SHA-256 by its path in the folder, and one SHA-256 over those."""
     if path is None:
         return None
+    from .diffusers_loading import is_diffusers_source, local_folder, model_files
+
+    if is_diffusers_source(path):
+        root = local_folder(path)
+        files = {f.relative_to(root).as_posix(): file_identity(f) for f in model_files(path)}
+        combined = hashlib.sha256(json.dumps({k: v["sha256"] for k, v in sorted(files.items())}).encode())
+        return {"bytes": sum(v["bytes"] for v in files.values()), "sha256": combined.hexdigest(),
+                "files": {k: v["sha256"] for k, v in sorted(files.items())}}
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -42,8 +52,10 @@ def run_settings(args, cfg_A: dict, cfg_B: dict, plan) -> dict:
         1.0 if args.classifier_weights is not None else 0.0)
     return json.loads(json.dumps({
         "-c": cfg_A, "--weights": file_identity(args.weights),
-        "--config_B": cfg_B if args.config_B else None, "--weights_B": file_identity(args.weights_B),
+        "--config_B": cfg_B if args.config_B or cfg_B is not cfg_A else None,
+        "--weights_B": file_identity(args.weights_B),
         "--classifier_weights": file_identity(args.classifier_weights), "--classifier_scale": scale,
+        "--cfg_scale": args.cfg_scale,
         "--class_A": class_A, "--class_B": all_targets(plan.jobs) if flags_give_classes else None,
         "--manifest": file_identity(args.manifest),
         "--respace_steps": args.respace_steps, "--respace_type": args.respace_type, "--t_end": args.t_end,
