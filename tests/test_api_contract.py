@@ -47,7 +47,8 @@ def _refused(fn, match):
     (np.full((16, 16), 300, np.int32), "integer pixels must lie in 0..255"),
     (np.zeros((16, 16, 3), np.complex64), "are no image"),
     (np.zeros((1, 2, 16, 16, 3), np.uint8), "neither one image"),
-    (np.zeros((16, 16, 5), np.uint8), "1 to 4 channels"), (torch.zeros(7, 16, 16, dtype=torch.uint8), "1 to 4 channels"),
+    (np.zeros((16, 16, 5), np.uint8), "1 to 4 channels"),
+    (torch.zeros(7, 16, 16, dtype=torch.uint8), "1 to 4 channels"),
 ])
 def test_wrong_images_are_one_line_errors(bridge, images, match):
     _refused(lambda: bridge.invert(images, class_A=3), match)
