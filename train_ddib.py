@@ -82,11 +82,12 @@ def run(args) -> int:
     def check():
         folder.check_settings(settings)
         folder.check_config(cfg_run)
+        folder.check_writable()
         if args.resume and not folder.checkpoints():
             raise UserError(f"--resume: no {args.part} checkpoint in {printable(args.save_dir)}/checkpoints to "
                             "continue from")
 
-    claim_folder(args.save_dir, accelerator, check)  # the lock is held until main() returns
+    claim_folder(args.save_dir, accelerator, check, folder.settings.name)  # the lock is held until main() returns
     data, workers = _read(args, found, cfg["model"]["image_size"], main, warn)
     if main:  # the data is readable: the run is on
         from utils.images import remove_temporaries
@@ -97,7 +98,7 @@ def run(args) -> int:
         folder.write_config(cfg_run, f"written by train_ddib.py from {args.config} and the folders of {args.data_dir}")
         if data.skipped:
             where = write_csv([(p.as_posix(), r) for p, r in data.skipped], ("path", "reason"),
-                              folder.root / "skipped.csv")
+                              folder.root / "skipped.csv", folder.root)
             print(f"{len(data.skipped)} unreadable file(s) skipped, listed in {printable(str(where))}", file=sys.stderr)
         say(_data_line(data, cfg["model"]["image_size"], notes))
         say(f"{args.part}: batch {args.batch_size} = {world} process{'es' if world > 1 else ''} × {split.micro_batch} "

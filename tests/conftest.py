@@ -55,6 +55,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def command(base, *extra) -> list:
+    """``base`` (flags with values) and ``extra``, as strings; a flag of ``extra`` that ``base`` already
+    has replaces its value there (the script refuses a flag given twice)."""
+    argv, extra = [str(a) for a in base], [str(a) for a in extra]
+    i = 0
+    while i < len(extra):
+        if extra[i].startswith("-") and extra[i] in argv and i + 1 < len(extra):
+            argv[argv.index(extra[i]) + 1] = extra[i + 1]
+            i += 2
+        else:
+            argv.append(extra[i])
+            i += 1
+    return argv
+
+
 @pytest.fixture(autouse=True)
 def _restore_threads():
     """The script sets one thread per process on the CPU; keep that from leaking across tests."""
@@ -101,6 +116,16 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch
 @pytest.fixture()
 def tiny_files(tmp_path):
     """A tiny config and random weights on disk, as a user would have them."""
+    return _tiny_files(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_files(tmp_path_factory):
+    """``tiny_files`` made once for the session, for tests that only read them."""
+    return _tiny_files(tmp_path_factory.mktemp("tiny"))
+
+
+def _tiny_files(tmp_path):
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(TINY_CONFIG))
     unet = randomize(UNetModel(**TINY_CONFIG["model"]), seed=1)

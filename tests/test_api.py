@@ -73,7 +73,7 @@ def test_api_errors_are_user_errors():
         bridge.translate([DIGIT], class_A=3, class_B=12)
     with pytest.raises(UserError, match="eta"):
         bridge.translate([DIGIT], class_A=3, class_B=2, eta=-1)
-    with pytest.raises(UserError, match="unknown solver"):
+    with pytest.raises(UserError, match="solver .rk45. is unknown"):
         bridge.translate([DIGIT], class_A=3, class_B=2, solver="rk45")
 
 

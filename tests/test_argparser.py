@@ -39,9 +39,11 @@ def test_both_spellings_mean_the_same(argv):
     assert (args.save_pairs, args.input_dir, args.classifier_scale, args.clip_x0) == (True, "x", 2.0, False)
 
 
-def test_boolean_flags_both_ways():
-    assert toy().parse_args(["--no-clip-x0", "--clip-x0"]).clip_x0 is True
-    assert toy().parse_args(["--clip_x0", "--no-clip-x0"]).clip_x0 is False
+def test_boolean_flags_both_ways(capsys):
+    assert toy().parse_args(["--clip-x0"]).clip_x0 is True
+    assert toy().parse_args(["--no-clip-x0"]).clip_x0 is False
+    err = fails(["--clip_x0", "--no-clip-x0"], capsys)  # two answers to one question: refused, not the last
+    assert err == "error: --clip_x0 is given twice (as --clip_x0 and --no-clip_x0); give each flag once\n"
 
 
 def test_help_shows_one_spelling(capsys):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import sample_ddib
-from conftest import ROOT
+from conftest import ROOT, command
 
 
 def _inputs(root: Path, n=3) -> Path:
@@ -20,8 +20,8 @@ def _inputs(root: Path, n=3) -> Path:
 
 
 def _args(files, inp, out, *extra):
-    return [str(a) for a in ["-c", files["config"], "--weights", files["weights"], "--input_dir", inp,
-                             "--save_dir", out, "--class_A", 1, "--respace_steps", 2, *extra]]
+    return command(["-c", files["config"], "--weights", files["weights"], "--input_dir", inp,
+                             "--save_dir", out, "--class_A", 1, "--respace_steps", 2], *extra)
 
 
 def test_dash_spellings_and_did_you_mean(tiny_files, tmp_path, capsys):
@@ -45,7 +45,8 @@ def test_summary_counts_files_and_agrees_with_rerun(tiny_files, tmp_path, capsys
                                   "--micro_batch", "auto")) == 0
     text = capsys.readouterr().out
     assert "micro-batch 8" in text  # what auto chose, said
-    assert "translated 3, skipped 0, failed 0, already done 0; 12 files written" in text  # 3 × 2 × (output + pair)
+    assert "translated 3, skipped 0, failed 0, already done 0; 15 files written" in text  # 3 × 2 × (output + pair)
+    assert len(list((out / "_sources").glob("*.png"))) == 3  # + each source as the model saw it, for the gallery
     assert f"outputs in {out}/, gallery {out / 'index.html'}" in text
     assert sample_ddib.main(_args(tiny_files, inp, out, "--class_B", "2,3", "--save_pairs")) == 0
     text = capsys.readouterr().out
@@ -85,3 +86,18 @@ def test_every_flag_of_the_script_and_tools_has_help():
                     not any(k.arg == "help" and ast.unparse(k.value) not in ("''", '""') for k in node.keywords):
                 missing.append(f"{path.name}:{node.lineno}")
     assert not missing, missing
+
+
+def test_every_launch_command_in_the_readme_is_quiet():
+    """Without -q the one-process launcher turns a one-line usage error into a 19-line traceback."""
+    commands, fenced = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif fenced and "accelerate launch" in line:
+            commands.append(line)
+    commands += [c for c in re.findall(r"`([^`]*accelerate launch[^`]*)`", (ROOT / "README.md").read_text())
+                 if "sample_ddib.py" in c]
+    assert len(commands) >= 8
+    loud = [c for c in commands if not re.search(r"accelerate launch (-q|--quiet)\b", c)]
+    assert not loud, loud

@@ -259,7 +259,8 @@ def test_generation_matches_diffusers_ddim_scheduler(models):
     z = torch.randn(2, 4, SIZE // 2, SIZE // 2, generator=gen)
     y = torch.tensor([2, 5])
     expected = vae.decode(_diffusers_ddim(dit, sched, z, y, cfg=4.0, null=10) / vae.config.scaling_factor).sample
-    ours = DDIB.from_pretrained(models / "dit", steps=5).generate(z, class_B=[2, 5], cfg_scale=4.0, output="tensor")
+    ours = DDIB.from_pretrained(models / "dit", steps=5).generate(z, class_B_per_image=[2, 5], cfg_scale=4.0,
+                                                                  output="tensor")
     assert list(sched.timesteps) == [800, 600, 400, 200, 0]
     assert (ours - expected).abs().max() < 1e-4 * max(1.0, expected.abs().max().item())
 
@@ -268,7 +269,8 @@ def test_generation_matches_diffusers_ddim_scheduler(models):
     sched.set_timesteps(5)
     x = torch.randn(2, 3, SIZE, SIZE, generator=gen) * 0.3
     expected = _diffusers_ddim(unet, sched, x, torch.tensor([1, 3]), clip_eps=True)
-    ours = DDIB.from_pretrained(models / "v", steps=5, clip_x0=True).generate(x, class_B=[1, 3], output="tensor")
+    ours = DDIB.from_pretrained(models / "v", steps=5, clip_x0=True).generate(x, class_B_per_image=[1, 3],
+                                                                              output="tensor")
     assert (ours - expected).abs().max() < 1e-4
 
 

@@ -138,10 +138,10 @@ def test_pages_link_together_and_stale_pages_go(tmp_path):
         assert set(order) - {name} <= set(links.links)  # the page index reaches every other page
         shown = [img["src"].split("/")[-1] for img in links.imgs[::3]]  # source, translation, round trip
         assert shown == [f"{j}.png" for j in range(2 * i, min(5, 2 * i + 2))]
-    (save_dir / "index-70.html").write_text("from an older run")
+    (save_dir / "index-70.html").write_text("the user's own page of that name")
     (save_dir / "notes-index-9.html").write_text("not ours")
     write(save_dir, rows[:3], per_page=2)
-    assert pages_of(save_dir) == ["index-2.html", "index.html"]
+    assert pages_of(save_dir) == ["index-2.html", "index-70.html", "index.html"]  # our stale page 3 went
     assert (save_dir / "notes-index-9.html").exists()
     assert 'rel="next"' not in (save_dir / "index-2.html").read_text(encoding="utf-8")
 

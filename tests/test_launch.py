@@ -164,11 +164,11 @@ if os.environ.get("RANK") == "{rank}" and os.path.basename(sys.argv[0]) == "samp
     import utils.folder
     real, calls = utils.folder.save_png, []
 
-    def save_png(array, path):  # a fault the code does not expect, after {after} output(s)
+    def save_png(array, path, root=None):  # a fault the code does not expect, after {after} image(s)
         calls.append(path)
         if len(calls) > {after}:
             raise RuntimeError("injected fault")
-        real(array, path)
+        real(array, path, root)
     utils.folder.save_png = save_png
     if {at_barrier}:  # fail only after the folder loop, while the other process waits at the end
         run = utils.folder.translate_folder

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 import sample_ddib
-from conftest import ROOT, TINY_CONFIG
+from conftest import ROOT, TINY_CONFIG, command
 from utils.lock import SaveFolderLock
 from utils.outputs import LATENTS_DIR, output_names
 
@@ -31,8 +31,8 @@ def _img(path: Path, seed=0, size=(40, 30)):
 
 
 def _args(files, inp, out, *extra):
-    return ["-c", str(files["config"]), "--weights", str(files["weights"]), "--input_dir", str(inp),
-            "--save_dir", str(out), "--class_A", "1", "--class_B", "2", "--respace_steps", "2", *map(str, extra)]
+    return command(["-c", files["config"], "--weights", files["weights"], "--input_dir", inp, "--save_dir", out,
+                    "--class_A", 1, "--class_B", 2, "--respace_steps", 2], *extra)
 
 
 def _run(capsys, argv):
@@ -89,7 +89,7 @@ def test_colliding_inputs_all_written_counted_and_skipped_on_rerun(tiny_files, t
     code, stdout, err = _run(capsys, _args(tiny_files, inp, out, "--save_pairs", "--save_grid"))
     assert code == 0, err
     assert "translated 6, skipped 0, failed 0" in stdout
-    translations = [p for p in out.rglob("*.png") if p.relative_to(out).parts[0] not in ("_pairs", "_grids")]
+    translations = [p for p in out.rglob("*.png") if p.relative_to(out).parts[0] not in ("_pairs", "_grids", "_sources")]
     assert len(translations) == 6
     assert len(list((out / "_pairs").rglob("*.png"))) == 6 and len(list((out / "_grids").rglob("*.png"))) == 6
     code, stdout, _ = _run(capsys, _args(tiny_files, inp, out, "--save_pairs", "--save_grid"))
@@ -143,11 +143,11 @@ def test_full_disk_stops_with_summary_and_report(tiny_files, tmp_path, capsys, m
         _img(inp / f"{i}.png", i)
     real, calls = utils.folder.save_png, []
 
-    def save_png(array, path):
+    def save_png(array, path, root=None):
         calls.append(path)
-        if len(calls) > 2:
+        if len(calls) > 4:  # two inputs' source copies and translations
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(array, path)
+        real(array, path, root)
     monkeypatch.setattr(utils.folder, "save_png", save_png)
     code, stdout, err = _run(capsys, _args(tiny_files, inp, out, "--micro_batch", "1"))
     assert code == 1, err

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 import sample_ddib
-from conftest import ROOT, TINY_CONFIG, randomize
+from conftest import ROOT, TINY_CONFIG, command, randomize
 from diffusions import alphas_cumprod
 from models import UNetModel
 from utils.images import MAX_PIXELS, ImageReadError, load_image, scan_images
@@ -138,8 +138,8 @@ def test_scan_follows_symlinks_and_survives_loops(tmp_path):
 # --- the script: bad arguments and configs -----------------------------------------------------------
 
 def _args(files, inp, out, *extra):
-    return ["-c", str(files["config"]), "--weights", str(files["weights"]), "--input_dir", str(inp),
-            "--save_dir", str(out), "--class_A", "1", "--class_B", "2", "--respace_steps", "3", *map(str, extra)]
+    return command(["-c", files["config"], "--weights", files["weights"], "--input_dir", inp, "--save_dir", out,
+                    "--class_A", 1, "--class_B", 2, "--respace_steps", 3], *extra)
 
 
 @pytest.fixture()
@@ -252,7 +252,7 @@ def test_messy_folder_end_to_end(tiny_files, tmp_path, capsys):
     captured = capsys.readouterr()
     for name in bad:
         assert sum(name in line for line in captured.err.splitlines() if "warning" in line) == 1, name
-    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if "_sources" not in p.parts)
     assert "a.jpg.png" in written and "a.png.png" in written and "good.png" in written
     assert "nested/deeper/name with spaces.v1.ünï.png" in written
     assert len(written) == 3 + 1 + 7
@@ -356,15 +356,15 @@ def test_non_finite_batch_redone_in_float32():
 
 def test_non_finite_output_is_failed_not_written(tiny_files, one_image, tmp_path, capsys):
     state = torch.load(tiny_files["weights"], weights_only=True)
-    state["out.2.bias"] = torch.full_like(state["out.2.bias"], float("nan"))
+    state["out.2.bias"] = torch.full_like(state["out.2.bias"], 3e38)  # finite weights, an overflowing output
     torch.save(state, tmp_path / "nan.pt")
     argv = _args(tiny_files, one_image, tmp_path / "out", "--respace_steps", "2")
     argv[3] = str(tmp_path / "nan.pt")
     assert sample_ddib.main(argv) == 1
     captured = capsys.readouterr()
-    assert "failed a.png: the inversion is not finite" in captured.err
+    assert "failed a.png: the translation to class 2 is not finite" in captured.err
     assert not (tmp_path / "out" / "a.png").exists()
-    assert "failed: the inversion is not finite" in (tmp_path / "out" / "failures.csv").read_text()
+    assert "failed: the translation to class 2 is not finite" in (tmp_path / "out" / "failures.csv").read_text()
 
 
 class _OutOfMemoryAboveOne(ADMNetwork):

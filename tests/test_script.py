@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, command
 
 
 def run_script(*args, cwd=ROOT):
@@ -38,7 +38,7 @@ def test_end_to_end(tiny_files, input_dir, tmp_path):
     r = run_script(*_common(tiny_files, input_dir, save), "--save_pairs",
                    "--classifier_weights", tiny_files["classifier"], "--classifier_scale", 500)
     assert r.returncode == 0, r.stderr
-    outputs = sorted(p.relative_to(save).as_posix() for p in save.rglob("*.png") if "_pairs" not in p.parts)
+    outputs = sorted(p.relative_to(save).as_posix() for p in save.rglob("*.png") if not {"_pairs", "_sources"} & set(p.parts))
     assert outputs == ["one.png", "sub/three.png", "sub/two.png"]
     for name in outputs:
         with Image.open(save / name) as img:
@@ -102,7 +102,7 @@ def test_help_explains_every_argument():
     (["--mixed_precision", "fp16"], "--mixed_precision fp16 needs a GPU; use bf16 on the CPU"),
 ])
 def test_user_errors_are_one_line(tiny_files, input_dir, tmp_path, extra, match):
-    r = run_script(*_common(tiny_files, input_dir, tmp_path / "out"), *extra)
+    r = run_script(*command(_common(tiny_files, input_dir, tmp_path / "out"), *extra))
     assert r.returncode == 2
     assert match in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()

@@ -75,8 +75,17 @@ def error_line(err: str) -> str:
 
 
 def common(config, data, save, steps, *more):
-    return ["-c", config, "--data_dir", data, "--save_dir", save, "--steps", steps, "--batch_size", 8,
-            "--warmup", 2, "--lr", 2e-3, "--threads", 1, *more]
+    """The arguments of a tiny run; ``more`` adds flags or replaces these defaults (a flag given twice is
+    refused)."""
+    flags, rest, more = {"--batch_size": 8, "--warmup": 2, "--lr": 2e-3, "--threads": 1}, [], list(more)
+    while more:
+        token = more.pop(0)
+        if token in flags:
+            flags[token] = more.pop(0)
+        else:
+            rest.append(token)
+    return ["-c", config, "--data_dir", data, "--save_dir", save, "--steps", steps,
+            *[v for pair in flags.items() for v in pair], *rest]
 
 
 def loss_rows(path):
@@ -244,7 +253,7 @@ def _bad(tmp_path, kind):
 def test_bad_data_folders_are_one_line_errors(config, tmp_path, capsys, kind, message):
     code, _, err = train(capsys, *common(config, _bad(tmp_path, kind), tmp_path / "run", 2))
     assert code == 2 and message in error_line(err), err
-    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before the run folder is touched
+    assert not (tmp_path / "run").exists()  # a refused run leaves no folder behind
 
 
 def test_usage_errors(config, data, tmp_path, capsys):
@@ -256,6 +265,14 @@ def test_usage_errors(config, data, tmp_path, capsys):
     assert code == 2 and "--resume: no unet checkpoint" in err
     code, _, err = train(capsys, *common(config, data / "cat", tmp_path / "run", 2, "--part", "classifier"))
     assert code == 2 and "--part classifier needs class folders" in err
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (tmp_path / "elsewhere.pt").write_bytes(b"a user's file")
+    (linked / "ema.pt").symlink_to(tmp_path / "elsewhere.pt")
+    code, _, err = train(capsys, *common(config, data, linked, 2))
+    assert code == 2 and "ema.pt is a symlink, where the run writes a file of its own" in error_line(err)
+    assert (tmp_path / "elsewhere.pt").read_bytes() == b"a user's file"
+    assert sorted(p.name for p in linked.iterdir()) == ["ema.pt"]  # nothing left behind
     with pytest.raises(SystemExit) as exit:  # argparse's own exit, with our one line
         train(capsys, *common(config, data, tmp_path / "run2", 2, "--ema", 1))
     assert exit.value.code == 2

@@ -2,8 +2,8 @@
 steps, from the same latent, timed in one process.
 
 Both sides run the same random-weight DiT and VAE, loaded from one saved pipeline folder: ours through
-``DDIB.from_pretrained(...).generate(latents, class_B, cfg_scale=S)`` (the tool's path: on the CPU a
-pool of single-threaded workers, on a GPU 16-bit weights), theirs through ``DiTPipeline.__call__``
+``DDIB.from_pretrained(...).generate(latents, class_B_per_image=labels, cfg_scale=S)`` (the tool's
+path: on the CPU a pool of single-threaded workers, on a GPU 16-bit weights), theirs through ``DiTPipeline.__call__``
 with the same guidance scale, steps and starting latent (its generator's). Each guided step is one
 network evaluation: one transformer call on the doubled batch (conditional and null class) on both
 sides. The outputs are compared too (max difference in [0, 1] pixels), so the two are known to
@@ -78,7 +78,7 @@ def run(args) -> dict:
 
     def our_call(steps):
         torch.set_num_threads(1 if device.type == "cpu" else threads)
-        out = ours.generate(latents().to(device), class_B=labels, output="tensor", steps=steps)
+        out = ours.generate(latents().to(device), class_B_per_image=labels, output="tensor", steps=steps)
         _sync(device)
         return (out.float().cpu() / 2 + 0.5).clamp(0, 1)
 
@@ -90,7 +90,7 @@ def run(args) -> dict:
         _sync(device)
         return out.float().cpu()
 
-    our_call(1), their_call(1)  # warm-up: allocations, kernels, thread pools
+    our_call(2), their_call(2)  # warm-up: allocations, kernels, thread pools (one step would be refused)
     times = {"ours": [], "DiTPipeline": []}
     for _ in range(args.repeats):
         for name, fn in (("ours", our_call), ("DiTPipeline", their_call)):

@@ -87,8 +87,8 @@ class Translator:
         return self.ddib.invert(x, y.tolist(), steps=self.steps).to(x.device)
 
     def generate(self, z, y, scale: float):
-        return self.ddib.generate(z, y.tolist(), output="tensor", steps=self.steps, clip_x0=self.clip_x0,
-                                  classifier_scale=scale).to(z.device)
+        return self.ddib.generate(z, class_B_per_image=y.tolist(), output="tensor", steps=self.steps,
+                                  clip_x0=self.clip_x0, classifier_scale=scale).to(z.device)
 
 
 def pairs(src_labels: torch.Tensor):

@@ -3,12 +3,14 @@
 Abbreviations are refused, so a flag added later can never change what an old command line means.
 Every long flag answers to both its underscore and its dash spelling (``--save_pairs``,
 ``--save-pairs``; ``--no-clip_x0``, ``--no-clip-x0``) while help lists only the spelling it was
-defined with. Any mistake is one ``error:`` line (an unknown flag with the closest known one) and exit
-code 2, instead of the full usage.
+defined with. A flag given twice is refused (argparse would keep the last value without a word).
+Any mistake is one ``error:`` line (an unknown flag with the closest known one) and exit code 2,
+instead of the full usage.
 """
 
 import argparse
 import difflib
+import sys
 
 
 def _spelling(flag: str) -> str:
@@ -75,13 +77,51 @@ class ArgumentParser(argparse.ArgumentParser):
             message += f" (also unknown: {', '.join(flags[1:])})"
         return message
 
+    def _action_of(self, arg: str):
+        """The action a command-line token names as a flag (``--x``, ``--x=v``, ``-cVALUE``), or None."""
+        if arg[:1] not in self.prefix_chars or arg in ("-", "--"):
+            return None
+        flag = self.canonical(arg).partition("=")[0]
+        if flag in self._option_string_actions:
+            return self._option_string_actions[flag]
+        if not self._is_long(arg):
+            return self._option_string_actions.get(arg[:2])  # a short flag with its value attached
+        return None
+
+    def repeated(self, args) -> str:
+        """A sentence about the first flag given more than once (``--x a --x b``, or ``--x --no-x``),
+        or '' when none is: a repeated flag means a command line that says two things."""
+        seen = {}
+        for arg in args:
+            if arg == "--":
+                break
+            action = self._action_of(arg)
+            if action is None or not action.option_strings:
+                continue
+            flag = self.canonical(arg).partition("=")[0]
+            flag = flag if flag in self._option_string_actions else arg[:2]
+            if id(action) in seen:
+                first = seen[id(action)]
+                name = next((f for f in action.option_strings if self._is_long(f)), action.option_strings[0])
+                also = f" (as {first} and {flag})" if first != flag else ""
+                return f"{name} is given twice{also}; give each flag once"
+            seen[id(action)] = flag
+        return ""
+
+    def _check_repeats(self, args):
+        message = self.repeated(sys.argv[1:] if args is None else list(args))
+        if message:
+            self._fail(message)
+
     def parse_args(self, args=None, namespace=None):
+        self._check_repeats(args)
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             self._fail(self.unrecognized(extras))
         return parsed
 
     def parse_intermixed_args(self, args=None, namespace=None):
+        self._check_repeats(args)
         parsed, extras = self.parse_known_intermixed_args(args, namespace)
         if extras:
             self._fail(self.unrecognized(extras))

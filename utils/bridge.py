@@ -9,51 +9,148 @@ The guards split a batch that runs out of memory, redo in float32 what came out 
 non-finite image.
 """
 
+import difflib
 import math
-from dataclasses import dataclass, field, replace
+import numbers
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from diffusions import generate, get_solver, invert, respace
+from diffusions import RESPACE_TYPES, SOLVERS, generate, get_solver, invert, respace
 
 from models.codec import IDENTITY, Codec
 
+from .errors import printable
 from .images import image_seed
+
+
+class SettingError(ValueError):
+    """A sampling setting that cannot work; ``field`` names it (the command line shows its flag)."""
+
+    def __init__(self, field_name: str, problem: str):
+        super().__init__(f"{field_name} {problem}")
+        self.field, self.problem = field_name, problem
+
+
+def _integer(minimum=None, optional=False):
+    def check(name, value):
+        if optional and value is None:
+            return
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise SettingError(name, f"must be an integer{' or None' if optional else ''}, got {_shown(value)}")
+        if minimum is not None and value < minimum:
+            raise SettingError(name, f"must be at least {minimum}, got {value}")
+    return check
+
+
+def _number(low=-math.inf, high=math.inf, optional=False):
+    def check(name, value):
+        if optional and value is None:
+            return
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise SettingError(name, f"must be a number{' or None' if optional else ''}, got {_shown(value)}")
+        if not math.isfinite(value):
+            raise SettingError(name, f"must be a finite number, got {value}")
+        if not low <= value <= high:
+            raise SettingError(name, f"must be between {low:g} and {high:g}, got {value}")
+    return check
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):  # "no" is truthy: only True and False say what they mean
+        raise SettingError(name, f"must be True or False, got {_shown(value)}")
+
+
+def _one_of(choices):
+    def check(name, value):
+        options = choices()
+        if not isinstance(value, str) or value not in options:
+            raise SettingError(name, f"{_shown(value)} is unknown; choose one of {', '.join(options)}")
+    return check
+
+
+def _shown(value) -> str:
+    return printable(repr(value), 60)
+
+
+def _valid(check):
+    return {"check": check}
+
+
+MIN_END_NOISE = 0.1  # σ at the last timestep; below it a translation stays within a few levels of the source
 
 
 @dataclass(frozen=True)
 class Sampling:
     """How each half of the bridge is solved. η > 0 applies to generation only (stochastic solvers);
-    inversion is always the deterministic ODE and never clips x₀."""
-    steps: int = 100
-    respace_type: str = "uniform"
-    solver: str = "ddim"
-    eta: float = 0.0
-    clip_x0: bool = True
-    classifier_scale: float = 0.0
-    seed: int = 0
-    t_end: Optional[int] = None  # last timestep (where inversion stops); None: what the spacing gives
-    cfg_scale: Optional[float] = None  # classifier-free guidance of the generation; None: none
+    inversion is always the deterministic ODE and never clips x₀.
+
+    Each field carries its own check (type and range) in its metadata, so a new setting is one line
+    here, ``name: type = field(default=..., metadata=_valid(_number(0, 10)))``; ``check`` runs them all,
+    then the checks that need the schedule."""
+    steps: int = field(default=100, metadata=_valid(_integer(1)))
+    respace_type: str = field(default="uniform", metadata=_valid(_one_of(lambda: RESPACE_TYPES)))
+    solver: str = field(default="ddim", metadata=_valid(_one_of(lambda: tuple(SOLVERS))))
+    eta: float = field(default=0.0, metadata=_valid(_number(0, 1)))
+    clip_x0: bool = field(default=True, metadata=_valid(_flag))
+    classifier_scale: float = field(default=0.0, metadata=_valid(_number()))
+    seed: int = field(default=0, metadata=_valid(_integer()))
+    # last timestep (where inversion stops); None: what the spacing gives
+    t_end: Optional[int] = field(default=None, metadata=_valid(_integer(1, optional=True)))
+    # classifier-free guidance of the generation; None: none
+    cfg_scale: Optional[float] = field(default=None, metadata=_valid(_number(optional=True)))
+
+    @classmethod
+    def names(cls) -> tuple:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def unknown(cls, given) -> None:
+        """Raise for a keyword that is no sampling setting, with the closest one."""
+        for key in given:
+            if key not in cls.names():
+                close = difflib.get_close_matches(str(key), cls.names(), n=1)
+                raise SettingError(str(key), "is not a sampling setting" + (f" (did you mean {close[0]}?)" if close
+                                                                             else "")
+                                   + f"; the settings are {', '.join(cls.names())}")
+
+    @classmethod
+    def make(cls, **settings) -> "Sampling":
+        cls.unknown(settings)
+        return cls(**settings)
+
+    def updated(self, **changes) -> "Sampling":
+        self.unknown(changes)
+        return replace(self, **changes)
 
     def timesteps(self, schedule) -> list:
         """The respaced timesteps; ``schedule`` is the step count or the ᾱ table (logsnr spacing needs ᾱ)."""
         return respace(self.respace_type, schedule, self.steps, self.t_end)
 
     def check(self, schedule) -> "Sampling":
-        """Raise ValueError for settings that cannot run on ``schedule`` (as in ``timesteps``); returns self."""
-        self.timesteps(schedule)
-        solver = get_solver(self.solver)
-        if not 0 <= self.eta <= 1:  # also refuses nan
-            raise ValueError(f"eta must be between 0 and 1, got {self.eta}")
-        if not math.isfinite(self.classifier_scale):
-            raise ValueError(f"classifier_scale must be a finite number, got {self.classifier_scale}")
-        scale = self.cfg_scale
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                                  or not math.isfinite(scale)):
-            raise ValueError(f"cfg_scale must be a finite number or None, got {self.cfg_scale!r}")
-        if self.eta > 0 and not solver.stochastic:
-            raise ValueError(f"eta > 0 needs a stochastic solver (ddim), not {self.solver!r}")
+        """Raise ValueError (``SettingError`` naming the field) for settings that cannot run on
+        ``schedule`` (the ᾱ table) or under which no translation happens; returns self."""
+        for f in fields(self):
+            if "check" in f.metadata:
+                f.metadata["check"](f.name, getattr(self, f.name))
+        total = schedule if isinstance(schedule, int) else len(schedule)
+        if self.t_end is not None and self.t_end >= total:
+            raise SettingError("t_end", f"must be below the schedule's total_steps {total}, got {self.t_end}")
+        ts = self.timesteps(schedule)
+        if self.eta > 0 and not get_solver(self.solver).stochastic:
+            raise SettingError("eta", f"> 0 needs a stochastic solver (ddim), not {self.solver!r}")
+        if torch.is_tensor(schedule) or isinstance(schedule, (list, tuple)):
+            end = float(schedule[ts[-1]])
+            if (1.0 - end) ** 0.5 < MIN_END_NOISE:
+                if len(ts) == 1:
+                    raise SettingError("steps", f"{self.steps} visits only t = {ts[0]}: no translation happens "
+                                                "(the image comes back unchanged); use at least 2 steps")
+                raise SettingError("t_end" if self.t_end is not None else "steps",
+                                   f"{self.t_end if self.t_end is not None else self.steps} ends the inversion at "
+                                   f"t = {ts[-1]}, where the noise is too weak to leave the source (σ = "
+                                   f"{(1.0 - end) ** 0.5:.3f} < {MIN_END_NOISE}): the translation would return "
+                                   "the source within a few levels; end later")
         return self
 
 
@@ -96,7 +193,7 @@ class Bridge:
         return (sampling or self.sampling).timesteps(self.alphas_cumprod)
 
     def with_sampling(self, **changes) -> Sampling:
-        return replace(self.sampling, **changes).check(self.alphas_cumprod)
+        return self.sampling.updated(**changes).check(self.alphas_cumprod)
 
     def _networks(self, low: bool) -> dict:
         if low or not self.low_precision:

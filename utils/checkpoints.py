@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, printable
 
 # Wrapper keys seen in training checkpoints; an EMA copy wins because it is what one samples with.
 _WRAPPER_KEYS = ("ema", "ema_model", "model_ema", "ema_state_dict", "state_dict", "model", "net", "module")
@@ -111,6 +111,10 @@ def load_weights(model: torch.nn.Module, path, what: str = "model") -> None:
                  f"mis-shaped (checkpoint vs config) {_listing(shaped, 2)}" if shaped else ""]
         raise UserError(f"{what} weights {path} do not match the config: "
                         + "; ".join(p for p in parts if p) + "; " + _fitting_configs_hint(state, model))
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise UserError(f"{what} weights {printable(str(path))} hold NaN or inf values in {_listing(broken, 2)}: "
+                        "every image would fail; the file is damaged or from a training run that diverged")
     try:
         model.load_state_dict(state, strict=True)
     except Exception as e:  # tensors whose storage was damaged inside an intact archive

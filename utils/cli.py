@@ -120,11 +120,27 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+PATH_FLAGS = ("config", "weights", "input_dir", "save_dir", "config_B", "weights_B", "classifier_weights",
+              "manifest", "from_latents")
+
+
+def check_given(args) -> None:
+    """An empty or blank value (an unset shell variable: ``--save_dir "$OUT"``) is no path and no
+    class: refused like a missing one, never read as the current folder."""
+    for dest in PATH_FLAGS + ("class_A", "class_B"):
+        value = getattr(args, dest, None)
+        if value is not None and not value.strip():
+            flag = "--" + dest if dest != "config" else "-c/--config"
+            raise UserError(f"{flag} is empty{' (an unset variable?)' if value == '' else ''}; give "
+                            + ("a path" if dest in PATH_FLAGS else "a class"))
+
+
 def check_paths(args) -> None:
     """Every path check that can fail before a model is built. A diffusers model (a folder or hub id
     as --weights) needs no -c; given, -c is its scheduler config (a file, or a folder holding one)."""
     from .diffusers_loading import is_diffusers_source
 
+    check_given(args)
     for flag, value in (("--weights", args.weights), ("--input_dir", args.input_dir), ("--save_dir", args.save_dir)):
         if value is None:
             raise UserError(f"{flag} is required")
@@ -167,8 +183,28 @@ def check_finite(args) -> None:
             raise UserError(f"{flag} must be a finite number, got {value}")
 
 
+FLAG_OF = {"steps": "--respace_steps", "respace_type": "--respace_type", "solver": "--solver", "eta": "--eta",
+           "clip_x0": "--clip_x0", "classifier_scale": "--classifier_scale", "seed": "--seed", "t_end": "--t_end",
+           "cfg_scale": "--cfg_scale"}
+
+
+def sampling_of(args):
+    """The flags' sampling settings (``utils.bridge.Sampling``)."""
+    from .bridge import Sampling
+
+    scale = args.classifier_scale if args.classifier_scale is not None else (
+        1.0 if args.classifier_weights is not None else 0.0)
+    return Sampling(steps=args.respace_steps, respace_type=args.respace_type, solver=args.solver, eta=args.eta,
+                    clip_x0=args.clip_x0, classifier_scale=scale, seed=args.seed, t_end=args.t_end,
+                    cfg_scale=args.cfg_scale)
+
+
 def check_numbers(args, cfg_A, cfg_B) -> None:
     """Checks of steps, guidance and eta against the configs (class labels: see utils.jobs)."""
+    from diffusions import schedule_alphas
+
+    from .bridge import SettingError
+
     total = cfg_A["diffusion"]["total_steps"]
     if args.respace_type != "none" and args.respace_steps > total:
         raise UserError(f"--respace_steps {args.respace_steps} is above the schedule's total_steps {total}")
@@ -189,3 +225,9 @@ def check_numbers(args, cfg_A, cfg_B) -> None:
         raise UserError(f"--eta > 0 needs --solver ddim; the {args.solver} solver is deterministic")
     if args.from_latents is not None and args.save_latents:
         raise UserError("--from_latents and --save_latents together would copy latents; use one")
+    try:  # everything the library checks too, here before any model loads
+        sampling_of(args).check(schedule_alphas(cfg_A["diffusion"]))
+    except SettingError as e:
+        raise UserError(f"{FLAG_OF.get(e.field, e.field)} {e.problem}") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None

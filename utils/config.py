@@ -135,26 +135,34 @@ def check_class_names(names, num_classes) -> list:
 def load_config(path) -> dict:
     """Read and validate a config file; returns {'family': str, 'model': {...}, 'diffusion': {...},
     'classifier': {...}|None} and, when the file gives them, 'class_names': [...]."""
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        raise UserError(f"a config is a YAML file's path or a dict; got {printable(repr(path), 80)}")
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        raise UserError(f"config file not found: {printable(str(path))}")
     try:
         raw = yaml.load(path.read_bytes(), Loader=_PlainLoader)  # bytes: YAML's own UTF-8/16 BOM detection
     except yaml.YAMLError as e:
         raise UserError(f"config {path} is not valid YAML: {printable(' '.join(str(e).split()), 300)}") from None
     except (OSError, RecursionError) as e:
         raise UserError(f"cannot read config {path}: {printable(str(e), 200)}") from None
+    return check_config(raw, f"config {path}")
+
+
+def check_config(raw, where: str = "the config") -> dict:
+    """Validate a config's sections (as YAML gives them, or as ``load_config`` returned them: checking
+    twice changes nothing); ``where`` names it in messages."""
     if not isinstance(raw, dict):
-        raise UserError(f"config {path} must be a YAML mapping with sections {', '.join(SECTIONS)}")
+        raise UserError(f"{where} must be a mapping with sections {', '.join(SECTIONS)}")
     unknown = [k for k in raw if k not in SECTIONS]
     if unknown:
-        raise UserError(f"unknown section(s) in config {path}: {', '.join(map(repr, unknown))}; "
+        raise UserError(f"unknown section(s) in {where}: {', '.join(map(repr, unknown))}; "
                         f"allowed: {', '.join(SECTIONS)}")
     if "model" not in raw:
-        raise UserError(f"config {path} has no 'model' section")
+        raise UserError(f"{where} has no 'model' section")
     family = raw.get("family", DEFAULT_FAMILY)
     if not isinstance(family, str) or family not in FAMILIES:
-        raise UserError(f"config {path}: unknown family {family!r}; known: {', '.join(map(str, FAMILIES))}")
+        raise UserError(f"{where}: unknown family {family!r}; known: {', '.join(map(str, FAMILIES))}")
     spec = FAMILIES[family]
     cfg = {
         "family": family,

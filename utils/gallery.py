@@ -8,17 +8,20 @@ logarithm of the page count, so every page stays small and writing stays linear 
 The caller gives plain strings and numbers; this module knows nothing about models.
 """
 
+import errno
 import functools
 import html
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Optional
 from urllib.parse import quote
 
-from .images import atomic_path
+from .errors import INVISIBLE
+from .images import NotOurs, atomic_path
 
 PAGE_NAME = re.compile(r"index-([1-9][0-9]*)\.html")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -71,13 +74,15 @@ SCRIPT = ("document.addEventListener('load',e=>{const i=e.target;if(i.tagName===
 
 def text(s) -> str:
     """HTML-escaped display text; bytes that are not UTF-8 (os.fsdecode's surrogates) and control
-    characters show as ``\\xNN`` rather than breaking the page's encoding."""
+    characters show as ``\\xNN`` rather than breaking the page's encoding, bidirectional controls as
+    ``\\uNNNN`` rather than reordering what is shown."""
     s = str(s)
     try:
         s = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # lone surrogates that did not come from a file name
         s = s.encode("utf-8", "backslashreplace").decode("utf-8")
-    return html.escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s))
+    s = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+    return html.escape(INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", s))
 
 
 def url(path) -> str:
@@ -157,10 +162,11 @@ def table(pairs) -> str:
     return f"<table>{rows}</table>"
 
 
-def header(settings: dict, counts: dict, elapsed_s: float) -> str:
-    """The run's settings, counts and time, shown on every page."""
+def header(settings: dict, counts: dict, elapsed_s: Optional[float]) -> str:
+    """The run's settings, counts and time (when given), shown on every page."""
+    times = [] if elapsed_s is None else [("time", duration(elapsed_s))]
     return (f"<h1>DDIB translations</h1><header>{table(settings.items())}"
-            f"{table(list(counts.items()) + [('time', duration(elapsed_s))])}</header>")
+            f"{table(list(counts.items()) + times)}</header>")
 
 
 def failures_html(failures, limit: int) -> str:
@@ -205,32 +211,64 @@ def page_html(title: str, head: str, bar: str, body: str) -> str:
             f"<body>{head}{bar}{body}{bar}</body></html>\n")
 
 
-def write_page(path: Path, content: str) -> None:
-    """Write one page atomically: readers see the old page or the new one, never half of one."""
-    with atomic_path(path) as tmp:
+TITLE = "DDIB translations"  # every page's title starts so: how the tool knows a page as its own
+
+
+def is_our_page(path) -> bool:
+    """A regular file that this gallery wrote (its title near the start)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with open(path, "rb") as f:
+            return f"<title>{TITLE}".encode() in f.read(1024)
+    except OSError:
+        return False
+
+
+def foreign_page(save_dir) -> Optional[str]:
+    """The first page name in ``save_dir`` taken by something the gallery did not write, or None."""
+    path = Path(save_dir) / page_name(1)
+    if os.path.lexists(path) and not is_our_page(path):
+        return f"{path} is there and was not written by this tool"
+    return None
+
+
+def write_page(path: Path, content: str, root=None) -> None:
+    """Write one page atomically: readers see the old page or the new one, never half of one. A page
+    of the same name that this gallery did not write is never replaced."""
+    if os.path.lexists(path) and not is_our_page(path):
+        raise NotOurs(errno.EEXIST, "is there and was not written by this tool; it is left as it is", str(path))
+    with atomic_path(path, root) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             f.write(content)
 
 
 def remove_stale_pages(save_dir: Path, pages: int) -> None:
-    """Delete ``index-N.html`` pages beyond ``pages`` that an earlier, larger run wrote."""
+    """Delete ``index-N.html`` pages beyond ``pages`` that an earlier, larger gallery wrote (only ours:
+    a page of that name with other content is the user's)."""
     for entry in os.scandir(save_dir):
         match = PAGE_NAME.fullmatch(entry.name)
-        if match and int(match.group(1)) > pages:
+        if match and int(match.group(1)) > pages and is_our_page(entry.path):
             os.unlink(entry.path)
 
 
-def write_gallery(save_dir, settings: dict, rows: list, failures: list, counts: dict, elapsed_s: float,
+def write_gallery(save_dir, settings: dict, rows: list, failures: list, counts: dict, elapsed_s: Optional[float],
                   per_page: int = 200) -> Path:
     """Write ``save_dir/index.html`` (and ``index-2.html``, … when there are more than ``per_page``
-    rows) and return the first page's path.
+    rows) and return the first page's path. Pages of those names that the gallery did not write are
+    never replaced or removed (``NotOurs``, an OSError, is raised instead).
 
-    ``settings`` and ``counts`` are shown as name/value tables, ``failures`` as (path, reason) pairs.
+    ``settings`` and ``counts`` are shown as name/value tables (with a time row unless ``elapsed_s`` is
+    None), ``failures`` as (path, reason) pairs.
     """
     if per_page < 1:
         raise ValueError(f"per_page must be positive, got {per_page}")
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
+    problem = foreign_page(save_dir)
+    if problem:  # before any page: a gallery split over someone else's first page would be half a gallery
+        raise NotOurs(errno.EEXIST, "is there and was not written by this tool; it is left as it is",
+                      str(save_dir / page_name(1)))
     page_dir = os.path.abspath(save_dir)
     total = max(1, math.ceil(len(rows) / per_page))
     head = header(settings, counts, elapsed_s)
@@ -240,7 +278,8 @@ def write_gallery(save_dir, settings: dict, rows: list, failures: list, counts: 
         shown = f"<p>images {start + 1}&ndash;{start + len(chunk)} of {len(rows)}</p>" if rows else "<p>no images</p>"
         body = "".join(row_html(r, start + i + 1, page_dir) for i, r in enumerate(chunk))
         extra = failures_html(failures, per_page) if number == 1 else ""
-        title = "DDIB translations" + (f" &ndash; page {number} of {total}" if total > 1 else "")
-        write_page(save_dir / page_name(number), page_html(title, head + extra + shown, nav(number, total), body))
+        title = TITLE + (f" &ndash; page {number} of {total}" if total > 1 else "")
+        write_page(save_dir / page_name(number), page_html(title, head + extra + shown, nav(number, total), body),
+                   save_dir)
     remove_stale_pages(save_dir, total)
     return save_dir / "index.html"

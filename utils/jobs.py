@@ -58,27 +58,43 @@ def _from_flags(rel_paths, class_A, class_B, classes_A, classes_B):
 def _from_manifest(path: Path, rel_paths, classes_A, classes_B):
     try:
         return _read_manifest(path, rel_paths, classes_A, classes_B)
-    except UnicodeDecodeError as e:
-        raise UserError(f"--manifest {path}: not UTF-8 text (byte {e.start}); save it as UTF-8 CSV") from None
     except csv.Error as e:
         raise UserError(f"--manifest {path}: not a readable CSV ({printable(str(e), 120)})") from None
     except OSError as e:
         raise UserError(f"--manifest {path}: cannot read it ({e.strerror or e})") from None
 
 
+def _text(path: Path, line: int, column: str, value: str) -> str:
+    """A class field as text: it must be UTF-8 (only the path column may hold a name's raw bytes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = ord(value[e.start]) - 0xDC00
+        raise UserError(f"--manifest {path} line {line}: {column} is not UTF-8 text (byte 0x{byte:02x}); "
+                        "save the manifest as UTF-8 CSV") from None
+    return value
+
+
 def _read_manifest(path: Path, rel_paths, classes_A, classes_B):
+    """The path column is read literally, as the file's name relative to --input_dir with '/' between
+    folders: no spaces are stripped and a backslash is part of a name (quote a field with commas,
+    quotes, line breaks or surrounding spaces, as CSV does). A name whose bytes are not UTF-8 is
+    written with those bytes, as failures.csv writes it."""
     known = {rel.as_posix(): rel for rel in rel_paths}
     jobs, skipped = {}, []
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
+        if reader.fieldnames is not None:
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
         if reader.fieldnames is None or "path" not in reader.fieldnames:
             raise UserError(f"--manifest {path}: the first line must name the columns path,class_A,class_B")
         for line, row in enumerate(reader, start=2):
-            name = PurePosixPath((row.get("path") or "").strip().replace("\\", "/")).as_posix()
+            name = PurePosixPath(row.get("path") or "").as_posix()
+            class_A = _text(path, line, "class_A", row.get("class_A") or "")
+            class_B = _text(path, line, "class_B", row.get("class_B") or "")
             try:
-                source = classes_A.resolve(row["class_A"]) if (row.get("class_A") or "").strip() else None
-                targets = (classes_B.resolve_list(row["class_B"].replace(";", ","))
-                           if (row.get("class_B") or "").strip() else [None])
+                source = classes_A.resolve(class_A) if class_A.strip() else None
+                targets = classes_B.resolve_list(class_B.replace(";", ",")) if class_B.strip() else [None]
                 _check_side("class_A", source, classes_A)
                 _check_side("class_B", targets[0], classes_B)
             except UserError as e:
@@ -88,7 +104,8 @@ def _read_manifest(path: Path, rel_paths, classes_A, classes_B):
                 continue
             job = jobs.setdefault(name, Job(known[name], source, []))
             if job.class_A != source:
-                raise UserError(f"--manifest {path} line {line}: {name} is listed with two source classes")
+                raise UserError(f"--manifest {path} line {line}: {printable(name)} is listed with two source "
+                                "classes")
             job.targets.extend(t for t in targets if t not in job.targets)
     return list(jobs.values()), skipped
 

@@ -41,16 +41,21 @@ def interrupt_on_sigterm():
 
 
 def claim_save_dir(args, cfg_A, cfg_B, plan, accelerator):
-    """Before any model loads: the save folder locked for this run (so it is writable), and its
-    recorded settings matching ours. The main process checks; every process stops on its verdict."""
+    """Before any model loads: the save folder locked for this run (so it is writable), its recorded
+    settings matching ours, and nothing in the way of what the run writes (``utils.outputs.Layout``:
+    symlinks, files it did not make). Nothing is recorded yet: ``record_settings`` does that once the
+    run is going to translate. The main process checks; every process stops on its verdict. Returns
+    the settings to record (main process) or None."""
     from .lock import SaveFolderLock
-    from .settings import check_and_record, run_settings
+    from .settings import check_settings, run_settings
 
-    error = None
+    error, settings = None, None
     if accelerator.is_main_process:
         try:
             HELD.append(SaveFolderLock(args.save_dir))
-            check_and_record(args.save_dir, run_settings(args, cfg_A, cfg_B, plan), args.overwrite)
+            settings = run_settings(args, cfg_A, cfg_B, plan)
+            recorded = check_settings(args.save_dir, settings, args.overwrite)
+            check_save_folder(args.save_dir, plan, recorded)
         except UserError as e:
             error = str(e)
     if accelerator.num_processes > 1:
@@ -59,17 +64,31 @@ def claim_save_dir(args, cfg_A, cfg_B, plan, accelerator):
             error = broadcast_object_list([error])[0]
     if error:
         raise UserError(error)
+    return settings
 
 
-def claim_folder(save_dir, accelerator, check):
+def check_save_folder(save_dir, plan, recorded: bool) -> None:
+    """Nothing the run writes may replace or go through what the tool did not make."""
+    from .gallery import foreign_page
+    from .reports import foreign_report
+
+    problem = (plan.layout.unsafe(plan.todo if recorded else plan.jobs, recorded) or foreign_page(save_dir)
+               or foreign_report(save_dir))
+    if problem:
+        raise UserError(f"--save_dir: {problem}; this tool never replaces what it did not write: move it away "
+                        "or choose another --save_dir")
+
+
+def claim_folder(save_dir, accelerator, check, record: str):
     """The training script's claim on its run folder: locked for this run, then ``check()`` (which raises
-    UserError to refuse it) on the main process; every process stops on its verdict."""
+    UserError to refuse it) on the main process; every process stops on its verdict. ``record`` names
+    the settings record that says a run began (without it the lock leaves no trace, as for sampling)."""
     from .lock import SaveFolderLock
 
     error = None
     if accelerator.is_main_process:
         try:
-            HELD.append(SaveFolderLock(save_dir))
+            HELD.append(SaveFolderLock(save_dir, record))
             check()
         except UserError as e:
             error = str(e)
@@ -133,6 +152,23 @@ def import_libraries(libraries=SAMPLING_LIBRARIES):
         raise KeyboardInterrupt
 
 
+@contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM held back while the reports and the gallery are written (under a launcher a
+    SIGTERM follows the terminal's SIGINT at once): they are written whole, and a held signal is an
+    interruption (exit 130) once they are."""
+    held = []
+    previous = {signum: signal.signal(signum, lambda s, f: held.append(s)) for signum in (signal.SIGINT,
+                                                                                       signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        raise KeyboardInterrupt
+
+
 def launched_world() -> int:
     """How many processes the launcher started (1 when run directly)."""
     try:
@@ -173,10 +209,10 @@ def report_failure(error: BaseException, save_dir, wording: Wording = Wording())
     print(f"error: {line}; {wording.kept}", file=sys.stderr, flush=True)
     if save_dir is not None and rank != 0:
         try:
-            from .images import TEMP_SUFFIX  # a temporary: a later run's clean-up removes a stale one
+            from .images import TEMP_SUFFIX, atomic_path  # a temporary: a later run's clean-up removes a stale one
             mark = _marks(save_dir) / f"failed-process{rank}{TEMP_SUFFIX}"
-            mark.parent.mkdir(parents=True, exist_ok=True)
-            mark.write_text(line + "\n")
+            with atomic_path(mark, save_dir) as tmp:
+                Path(tmp).write_text(line + "\n")
         except OSError:
             pass  # process 0 then says only that another process failed
     sys.stdout.flush()

@@ -5,15 +5,15 @@ translate images given as paths, PIL images, numpy arrays or tensors.
     bridge = DDIB.from_files("configs/digits.yaml", "assets/digits_unet.pt")
     out = bridge.translate(["assets/digits/3/0060.png"], class_A=3, class_B=[5, 8], steps=50)
 
+Every argument is checked; a wrong one is a ``utils.errors.UserError`` with one line naming it.
+
 This is where the tool's policy lives: the networks' precision, whether to compile, how many images
 go through a network at once, the float32 redo and out-of-memory split (``utils.bridge``), and class
 names. The command line (``sample_ddib.py``) is a thin layer over it.
 """
 
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -23,9 +23,11 @@ from diffusions.schedules import schedules_differ
 from .bridge import Bridge, Sampling
 from .checkpoints import load_network
 from .classes import Labels
-from .config import model_config
+from .config import check_config, model_config
 from .errors import UserError
-from .images import ImageReadError, load_image, pil_to_array, to_tensor, to_uint8
+from .images import to_uint8
+from .inputs import (check_device, check_load_options, check_output, classes_given, image_batch, latent_batch,
+                     noise_keys, per_image_list)
 
 COMPILE_MIN_IMAGES = 256  # per process; below this compile="auto" stays eager
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -131,8 +133,16 @@ def check_sampling_for(cfg_B: dict, sampling: dict) -> None:
 class DDIB:
     """A loaded bridge: ``invert`` images to latents with class A, ``generate`` images from latents
     with class B, or ``translate`` both at once. Sampling settings (``steps``, ``respace_type``,
-    ``solver``, ``eta``, ``clip_x0``, ``classifier_scale``, ``seed``) are set at construction and can be
-    overridden per call."""
+    ``solver``, ``eta``, ``clip_x0``, ``classifier_scale``, ``seed``, ``t_end``) are set at construction
+    and can be overridden per call.
+
+    Classes: ``class_A`` is one class for every image, or a list with one per image. ``class_B`` is one
+    class, or a list of target classes that every image goes to (as ``--class_B 5,8``): the result is
+    then one list per image, one output per target. ``class_B_per_image`` gives each image its own
+    target instead. A class is a label or a name the model knows.
+
+    Outputs: PIL images (8 bits, values clamped), or with ``output="tensor"`` float32 NCHW on the CPU,
+    unclamped: in [-1, 1] up to the solver's error, a little outside it where x₀ is not clipped."""
 
     def __init__(self, bridge: Bridge, image_size: int, micro_batch: int = 8, compiled: bool = False,
                  precision: str = "float32", configs: Optional[tuple] = None):
@@ -154,38 +164,44 @@ class DDIB:
                    precision: str = "auto", compile: Union[str, bool] = "auto", micro_batch: Union[int, str] = 8,
                    deterministic: bool = False, workload: Optional[int] = None, warn=print,
                    **sampling) -> "DDIB":
-        """Load a model from its config (a path, or a dict from ``load_config``) and weights, and optionally
-        a second model for the generation half and a noisy classifier for guidance on the target side.
-        ``weights`` may also be a diffusers folder or hub id, ``config`` then None (or the scheduler
-        config of a model folder without one); likewise ``weights_B`` and ``config_B``.
+        """Load a model from its config (a path, or a dict as ``load_config`` returns or a YAML file
+        holds) and weights, and optionally a second model for the generation half and a noisy
+        classifier for guidance on the target side. ``weights`` may also be a diffusers folder or hub
+        id, ``config`` then None (or the scheduler config of a model folder without one); likewise
+        ``weights_B`` and ``config_B``.
 
+        device: ``cpu``, ``cuda``, ``cuda:N`` or a torch.device (default: the GPU when there is one).
         precision: ``auto`` | ``no`` | ``bf16`` | ``fp16``. compile: ``auto`` (on a GPU when ``workload``,
-        the number of images this process will translate, is at least 256), True/False.
-        micro_batch: images per network call, or ``auto`` (the largest that fits the GPU).
-        On the CPU each batch is split over a pool of single-threaded workers, one per torch thread (the
-        process's torch threads are set to 1): OpenMP's per-operation barriers cost many times over when
-        another program shares the cores. deterministic: on the CPU, each image goes through the networks
-        alone, so outputs are bit-identical for any batch size or process count (about 2x slower on
-        small models).
+        the number of images this process will translate, is at least 256), ``on``/``off`` or True/False.
+        micro_batch: images per network call (a positive integer), or ``auto`` (the largest that fits the
+        GPU). On the CPU each batch is split over a pool of single-threaded workers, one per torch thread
+        (the process's torch threads are set to 1): OpenMP's per-operation barriers cost many times over
+        when another program shares the cores. deterministic: on the CPU, each image goes through the
+        networks alone, so outputs are bit-identical for any batch size or process count (about 2x slower
+        on small models). Every argument is checked: a wrong one is a ``UserError`` naming it.
         """
         from .diffusers_loading import is_diffusers_source
 
-        cfg_A = config if isinstance(config, dict) else model_config(config, weights)
+        check_load_options(config, weights, classifier, config_B, weights_B, compile, micro_batch, deterministic,
+                           workload, warn)
+        cfg_A = _config(config, weights, "config")
         if config_B is None and not is_diffusers_source(weights_B):
             cfg_B = cfg_A  # one model, or the same architecture with other weights
         else:
-            cfg_B = config_B if isinstance(config_B, dict) else model_config(config_B, weights_B)
+            cfg_B = _config(config_B, weights_B, "config_B")
         check_bridgeable(cfg_A, cfg_B)
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = check_device(device)
         if classifier is not None and cfg_B["classifier"] is None:
             raise UserError("a classifier was given but the target model's config has no 'classifier' section")
+        if classifier is None and sampling.get("classifier_scale", 0) not in (0, None):
+            raise UserError("classifier_scale needs a classifier (classifier=PATH to its weights)")
         sampling.setdefault("classifier_scale", 1.0 if classifier is not None else 0.0)
         sampling.setdefault("clip_x0", default_clip_x0(cfg_B))
         check_sampling_for(cfg_B, sampling)
         schedule = schedule_alphas(cfg_A["diffusion"])  # the source's table (check_bridgeable: B's agrees)
         try:
-            sampling = Sampling(**sampling).check(schedule)
-        except (TypeError, ValueError) as e:
+            sampling = Sampling.make(**sampling).check(schedule)
+        except ValueError as e:
             raise UserError(str(e)) from None
         dtype = network_dtype(precision, device)
         compiled = choose_compile(compile, device, workload)
@@ -215,43 +231,39 @@ class DDIB:
                         fallback=lambda: _prepare(load(), None, False, workers, deterministic)[0],
                         pad_to=micro_batch if compiled and not workers else None, warn=warn,
                         codec_A=codec_A, codec_B=codec_B)
-        return cls(bridge, cfg_A["model"]["image_size"], micro_batch, compiled,
+        return cls(bridge, cfg_A["model"]["image_size"], int(micro_batch), compiled,
                    {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if low else "float32", (cfg_A, cfg_B))
 
     # --- conversion -------------------------------------------------------------------------------
     def images_to_tensor(self, images) -> torch.Tensor:
-        """Paths, PIL images, uint8 HWC arrays or [-1, 1] CHW/NCHW tensors → a float32 NCHW batch."""
-        if torch.is_tensor(images):
-            return (images[None] if images.dim() == 3 else images).float()
-        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
-            images = [images]
-        arrays = []
-        for item in images:
-            if torch.is_tensor(item):
-                arrays.append(to_uint8(item))
-            elif isinstance(item, Image.Image):
-                arrays.append(pil_to_array(item, self.image_size))
-            elif isinstance(item, np.ndarray):
-                arrays.append(pil_to_array(Image.fromarray(item.astype(np.uint8)), self.image_size))
-            else:
-                try:
-                    arrays.append(load_image(item, self.image_size))
-                except ImageReadError as e:
-                    raise UserError(f"{item}: {e}") from None
-        return to_tensor(arrays)
+        """Paths, PIL images, numpy arrays (HW/HWC, or an NHWC batch) or float CHW/NCHW tensors in
+        [-1, 1] → a float32 NCHW batch. Arrays and PIL images follow the rules of files: uint8 as it
+        is, uint16 as 16 bits, bool as black and white, floats in [0, 1]; others are refused."""
+        return image_batch(images, self.image_size, self.image_channels)
 
-    def _classes(self, value, n: int, network) -> list:
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images (a latent model's images are RGB; its networks see the VAE's latents)."""
+        return self.bridge.model_A.in_channels if self.bridge.codec_A.describe() == "identity" else 3
+
+    def _classes(self, value, n: int, network, name: str, per_image: bool) -> list:
+        """One label per image from one class (or a list of one per image when ``per_image``)."""
         if network.num_classes is None:
             if value is not None:
-                raise UserError("that side's model is unconditional: give no class")
+                raise UserError(f"{name}: that side's model is unconditional: give no class")
             return [None] * n
         if value is None:
-            raise UserError(f"that side's model is class-conditional ({network.num_classes} classes): give a class")
-        values = list(value) if isinstance(value, (list, tuple)) else [value] * n
-        if len(values) != n:
-            raise UserError(f"{len(values)} classes for {n} images")
+            raise UserError(f"{name}: that side's model is class-conditional ({network.num_classes} classes): "
+                            "give a class")
+        if isinstance(value, (list, tuple)) != per_image:
+            raise UserError(f"{name}: expected {'a list of one class per image' if per_image else 'one class'}, "
+                            f"got {type(value).__name__}")
+        values = per_image_list(value, n, name) if per_image else [value] * n
         labels = Labels.of(network)
-        return [labels.resolve(v) for v in values]
+        try:
+            return [labels.resolve(v) for v in values]
+        except UserError as e:
+            raise UserError(f"{name}: {e}") from None
 
     def _batched(self, fn, n: int):
         outs = []
@@ -265,41 +277,71 @@ class DDIB:
 
     # --- the bridge ------------------------------------------------------------------------------------
     def invert(self, images, class_A=None, **sampling) -> torch.Tensor:
-        """Images → latents (float32 NCHW on the CPU), conditioned on ``class_A`` (one class, or one per
-        image; None for an unconditional model)."""
+        """Images → latents (float32 NCHW on the CPU), conditioned on ``class_A`` (one class, or a list
+        of one per image; None for an unconditional model)."""
         s = self._sampling(sampling)
         x = self.images_to_tensor(images)
-        ys = self._classes(class_A, len(x), self.bridge.model_A)
+        class_A = classes_given(class_A)
+        ys = self._classes(class_A, len(x), self.bridge.model_A, "class_A", isinstance(class_A, (list, tuple)))
         return self._batched(lambda sl: self.bridge.invert(x[sl], ys[sl], sampling=s), len(x))
 
-    def generate(self, latents: torch.Tensor, class_B=None, output: str = "pil", keys: Sequence[str] = None,
-                 **sampling):
-        """Latents → images conditioned on ``class_B`` (one class, or one per latent): PIL images, or
-        with ``output="tensor"`` a [-1, 1] NCHW tensor. ``keys`` name each image's noise when η > 0."""
+    def generate(self, latents, class_B=None, output: str = "pil", keys: Sequence[str] = None, *,
+                 class_B_per_image=None, **sampling):
+        """Latents (as ``invert`` returns them) → images conditioned on ``class_B`` (one class, or a list
+        of targets: one list of outputs per latent) or ``class_B_per_image``. ``keys`` name each image's
+        noise when η > 0 (default: its index)."""
         s = self._sampling(sampling)
-        ys = self._classes(class_B, len(latents), self.bridge.model_B)
-        keys = list(keys) if keys is not None else [str(i) for i in range(len(latents))]
-        out = self._batched(lambda sl: self.bridge.generate(latents[sl], ys[sl], keys[sl], sampling=s),
-                            len(latents))
+        check_output(output)
+        latents = latent_batch(latents, self.bridge.state_shape)
+        keys = noise_keys(keys, len(latents))
+        class_B, class_B_per_image = classes_given(class_B), classes_given(class_B_per_image)
+        if isinstance(class_B, (list, tuple)):
+            if class_B_per_image is not None:
+                raise UserError("give class_B or class_B_per_image, not both")
+            if not class_B:
+                raise UserError("class_B: the list of targets is empty")
+            per_target = [self._generate(latents, b, False, output, [f"{k}#{b}" for k in keys], s) for b in class_B]
+            return [[outs[i] for outs in per_target] for i in range(len(latents))]
+        if class_B_per_image is not None:
+            if class_B is not None:
+                raise UserError("give class_B or class_B_per_image, not both")
+            return self._generate(latents, class_B_per_image, True, output, keys, s)
+        return self._generate(latents, class_B, False, output, keys, s)
+
+    def _generate(self, latents, classes, per_image: bool, output: str, keys: list, s: Sampling):
+        ys = self._classes(classes, len(latents), self.bridge.model_B,
+                           "class_B_per_image" if per_image else "class_B", per_image)
+        out = self._batched(lambda sl: self.bridge.generate(latents[sl], ys[sl], keys[sl], sampling=s), len(latents))
         return out if output == "tensor" else [Image.fromarray(a) for a in to_uint8(out)]
 
-    def translate(self, images, class_A=None, class_B=None, output: str = "pil", **sampling):
-        """Images of class A → class B. With a list of target classes each image is inverted once and
-        generated once per target: the result is then one list per image, in the order of ``class_B``."""
+    def translate(self, images, class_A=None, class_B=None, output: str = "pil", *, class_B_per_image=None,
+                  **sampling):
+        """Images of class A → class B: ``generate(invert(images, class_A), class_B)``. With a list of
+        target classes each image is inverted once and generated once per target: the result is then
+        one list per image, in the order of ``class_B``."""
+        check_output(output)
+        self._sampling(sampling)  # a bad setting is named before any image is read
         latents = self.invert(images, class_A, **sampling)
-        if not isinstance(class_B, (list, tuple)):
-            return self.generate(latents, class_B, output, **sampling)
-        per_target = [self.generate(latents, b, output, keys=[f"{i}#{b}" for i in range(len(latents))], **sampling)
-                      for b in class_B]
-        return [[outs[i] for outs in per_target] for i in range(len(latents))]
+        return self.generate(latents, class_B, output, class_B_per_image=class_B_per_image, **sampling)
 
     def _sampling(self, overrides: dict) -> Sampling:
         if overrides and self.configs is not None:
             check_sampling_for(self.configs[1], overrides)
         try:
-            return self.bridge.with_sampling(**overrides) if overrides else self.bridge.sampling
-        except (TypeError, ValueError) as e:
+            s = self.bridge.with_sampling(**overrides) if overrides else self.bridge.sampling
+        except ValueError as e:
             raise UserError(str(e)) from None
+        if s.classifier_scale != 0 and self.bridge.classifier is None:
+            raise UserError("classifier_scale needs a classifier: load one with DDIB.from_files(..., classifier=PATH)")
+        return s
+
+
+def _config(config, weights, what: str) -> dict:
+    """One side's config: a dict is checked as a file's would be (one a diffusers folder described is
+    already checked), a path or None goes to ``model_config`` (a diffusers folder needs none)."""
+    if isinstance(config, dict):
+        return config if config.get("family") == "diffusers" else check_config(config, f"the {what} dict")
+    return model_config(config, weights)
 
 
 def check_bridgeable(cfg_A, cfg_B) -> None:

@@ -41,9 +41,11 @@ def _label(value: float) -> str:
     return f"{value:.3g}"
 
 
-def line_plot(path, series: dict, x_label: str = "step", y_label: str = "", log_y: bool = False) -> None:
-    """Write a PNG of ``series`` ({name: (xs, ys)}) with axes, ticks and a legend, atomically.
-    ``log_y`` plots log10 of y (non-positive values are left out)."""
+def line_plot(path, series: dict, x_label: str = "step", y_label: str = "", log_y: bool = False,
+              root=None) -> None:
+    """Write a PNG of ``series`` ({name: (xs, ys)}) with axes, ticks and a legend, atomically (inside
+    ``root``: see ``utils.images.atomic_path``). ``log_y`` plots log10 of y (non-positive values are left
+    out)."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = MARGIN[0], MARGIN[1], WIDTH - MARGIN[2], HEIGHT - MARGIN[3]
@@ -84,5 +86,5 @@ def line_plot(path, series: dict, x_label: str = "step", y_label: str = "", log_
     draw.text(((left + right) // 2 - 15, HEIGHT - 18), x_label, fill=(0, 0, 0))
     if y_label:
         draw.text((left + 6, top + 4), y_label + (" (log scale)" if log_y else ""), fill=(0, 0, 0))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, root) as tmp:
         image.save(tmp, format="PNG")

@@ -3,16 +3,20 @@
 A rerun skips inputs whose output exists; that is only right when the outputs were made with the same
 model, classes and sampling. So the first run records its settings, and a rerun with other settings
 is refused, naming what changed, unless ``--overwrite`` redoes everything (and records the new ones).
+A run records its settings only once it is really going to translate (models loaded, something to
+do), so a run that fails before leaves nothing that would refuse its fix. An ``--overwrite`` run is
+marked unfinished (``_ddib/redo``) until every output is made again: a rerun then finishes it instead of
+taking the old outputs for done.
 """
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 from .errors import UserError, printable
-from .lock import TOOL_DIR
-
-RECORD = "settings.json"
+from .lock import RECORD, TOOL_DIR
 
 
 def file_identity(path):
@@ -82,24 +86,92 @@ def changes(old: dict, new: dict) -> list:
     return out
 
 
-def check_and_record(save_dir, settings: dict, overwrite: bool) -> None:
-    """Refuse a rerun whose settings differ from the recorded ones (unless ``overwrite``); record them."""
+RECORD_LIMIT = 16 << 20  # bytes; a settings record is a few KB (a config with its class names)
+REDO = "redo"  # present while an --overwrite run is unfinished; its time is the redo's start
+
+
+def read_record(save_dir, damaged_ok: bool = False):
+    """The recorded settings (a dict), or None when the folder holds no record. A record that is not
+    a regular file is a one-line error; so is one that cannot be read as one JSON object, unless
+    ``damaged_ok`` (then it reads as an empty dict: --overwrite replaces it)."""
     path = Path(save_dir) / TOOL_DIR / RECORD
-    if path.is_file() and not overwrite:
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = None
-        if not isinstance(old, dict):
-            raise UserError(f"{printable(str(path))} is damaged; pass --overwrite to redo the folder's outputs "
-                            "with these settings, or choose another --save_dir")
-        diff = changes(old, settings)
-        if diff:
-            raise UserError(f"--save_dir {printable(str(save_dir))} holds outputs made with other settings ("
-                            + "; ".join(diff) + "); pass --overwrite to redo them with these settings, "
-                            "or choose another --save_dir")
-        return
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(mode):
+        kind = "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UserError(f"{printable(str(path))} is {kind}, where this tool records a run's settings; remove it "
+                        "(and pass --overwrite to redo the folder's outputs) or choose another --save_dir")
+    try:
+        with open(path, "rb") as f:
+            old = json.loads(f.read(RECORD_LIMIT + 1)) if os.fstat(f.fileno()).st_size <= RECORD_LIMIT else None
+    except (OSError, ValueError, RecursionError):
+        old = None
+    if not isinstance(old, dict):
+        if damaged_ok:
+            return {}
+        raise UserError(f"{printable(str(path))} is damaged; pass --overwrite to redo the folder's outputs "
+                        "with these settings, or choose another --save_dir")
+    return old
+
+
+def check_settings(save_dir, settings: dict, overwrite: bool) -> bool:
+    """Refuse a rerun whose settings differ from the recorded ones (unless ``overwrite``); returns
+    whether the folder holds a record (a run began here). Writes nothing."""
+    path = Path(save_dir) / TOOL_DIR / REDO
+    if os.path.lexists(path) and not os.path.isfile(path) or os.path.islink(path):
+        raise UserError(f"{printable(str(path))} is not a regular file, where this tool marks an unfinished "
+                        "--overwrite run; remove it or choose another --save_dir")
+    if overwrite:  # a damaged record is what --overwrite replaces; one of the wrong type is not
+        return read_record(save_dir, damaged_ok=True) is not None
+    old = read_record(save_dir)
+    if old is None:
+        return False
+    diff = changes(old, settings)
+    if diff:
+        raise UserError(f"--save_dir {printable(str(save_dir))} holds outputs made with other settings ("
+                        + "; ".join(diff) + "); pass --overwrite to redo them with these settings, "
+                        "or choose another --save_dir")
+    return True
+
+
+def record_settings(save_dir, settings: dict, overwrite: bool = False):
+    """Record ``settings`` once the run is really going to translate. With ``overwrite`` the redo is
+    marked unfinished until ``finish_redo``; returns the mark's time (ns), or None."""
     from .images import atomic_path
 
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    tool = Path(save_dir) / TOOL_DIR
+    since = None
+    if overwrite:
+        with atomic_path(tool / REDO, save_dir) as tmp:
+            Path(tmp).write_text("an --overwrite run began here; outputs older than this file are redone\n")
+        since = os.lstat(tool / REDO).st_mtime_ns
+    if overwrite or read_record(save_dir) != json.loads(json.dumps(settings)):
+        with atomic_path(tool / RECORD, save_dir) as tmp:
+            Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    return since
+
+
+def redo_since(save_dir):
+    """The start (ns) of an unfinished --overwrite run, or None."""
+    try:
+        st = os.lstat(Path(save_dir) / TOOL_DIR / REDO)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_mtime_ns if stat.S_ISREG(st.st_mode) else None
+
+
+def finish_redo(save_dir) -> None:
+    """Every output is made with the recorded settings again: the redo is over."""
+    path = Path(save_dir) / TOOL_DIR / REDO
+    if os.path.isfile(path) and not os.path.islink(path):
+        path.unlink(missing_ok=True)
+
+
+def check_and_record(save_dir, settings: dict, overwrite: bool) -> None:
+    """Refuse a rerun whose settings differ from the recorded ones (unless ``overwrite``); record them.
+    (A run records only once it is really going to work: ``check_settings`` first, then
+    ``record_settings``.)"""
+    check_settings(save_dir, settings, overwrite)
+    record_settings(save_dir, settings)

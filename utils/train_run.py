@@ -15,15 +15,18 @@ any moment leaves the previous version of each file, never a truncated one.
 import csv
 import io
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import torch
 import yaml
 
 from .errors import UserError, printable
-from .images import atomic_path, save_png
+from .images import atomic_path, in_the_way, save_png
 from .lock import TOOL_DIR
+from .settings import RECORD_LIMIT
 
 PARTS = ("unet", "classifier")
 CHECKPOINTS, SAMPLES, CONFIG = "checkpoints", "samples", "config.yaml"
@@ -39,11 +42,18 @@ def _state_dict(model: torch.nn.Module) -> dict:
             for k, v in model.state_dict().items()}
 
 
-def _save(obj, path: Path) -> None:
-    """torch.save, atomically; through a file object, so the archive's inner name is the same whatever
-    the temporary file is called (equal weights make equal files)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+def _save(obj, path: Path, root: Path) -> None:
+    """torch.save, atomically inside the run folder ``root``; through a file object, so the archive's
+    inner name is the same whatever the temporary file is called (equal weights make equal files)."""
+    with atomic_path(path, root) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def run_config(cfg: dict, class_names, part: str) -> tuple:
@@ -119,7 +129,7 @@ class RunFolder:
         # YAML would write them as aliases, which configs refuse
         text = "".join(f"# {line}\n" for line in note.splitlines()) + yaml.safe_dump(written, sort_keys=False,
                                                                                       allow_unicode=True)
-        with atomic_path(self.config) as tmp:
+        with atomic_path(self.config, self.root) as tmp:
             Path(tmp).write_text(text, encoding="utf-8")
         if load_config(self.config) != cfg:  # what sample_ddib.py will read back
             raise RuntimeError("the written config does not read back as itself")
@@ -131,14 +141,18 @@ class RunFolder:
         checkpoints were made with the recorded ones."""
         from .settings import changes
 
-        if not self.settings.is_file():
+        if not os.path.lexists(self.settings):
             return
-        try:
-            old = json.loads(self.settings.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = None
+        old = None
+        if _regular(self.settings):
+            try:
+                with open(self.settings, "rb") as f:
+                    old = json.loads(f.read(RECORD_LIMIT + 1)) if os.fstat(f.fileno()).st_size <= RECORD_LIMIT else None
+            except (OSError, ValueError, RecursionError):
+                pass
         if not isinstance(old, dict):
-            raise UserError(f"{printable(str(self.settings))} is damaged; train into another --save_dir")
+            raise UserError(f"{printable(str(self.settings))} is damaged or not a file of this tool; train into "
+                            "another --save_dir")
         diff = changes(old, settings)
         if diff:
             raise UserError(f"--save_dir {printable(str(self.root))} holds a {self.part} run with other settings ("
@@ -147,9 +161,22 @@ class RunFolder:
 
     def record_settings(self, settings: dict) -> None:
         """Record the settings on the first run (once the data has been read: a refused run records none)."""
-        if not self.settings.is_file():
-            with atomic_path(self.settings) as tmp:
+        if not os.path.lexists(self.settings):
+            with atomic_path(self.settings, self.root) as tmp:
                 Path(tmp).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+
+    def check_writable(self) -> None:
+        """Nothing the run writes may go through or replace what the tool did not make: its files must be
+        absent or regular files, its folders absent or real folders."""
+        for path in [self.config, self.settings, self.root / "skipped.csv", *self.files.values()]:
+            why = in_the_way(path)
+            if why:
+                raise UserError(f"{printable(str(path))} {why}, where the run writes a file of its own; move it "
+                                "away or train into another --save_dir")
+        for folder in (self.root / CHECKPOINTS, self.root / SAMPLES):
+            if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
+                raise UserError(f"{printable(str(folder))} is not a folder of this tool (a link or a file); move it "
+                                "away or train into another --save_dir")
 
     # -- checkpoints --------------------------------------------------------------------------------
 
@@ -158,17 +185,17 @@ class RunFolder:
         folder = self.root / CHECKPOINTS
         pattern = re.compile(rf"{self.part}-(\d+)\.pt")
         found = []
-        if folder.is_dir():
+        if folder.is_dir() and not folder.is_symlink():
             for path in folder.iterdir():
                 match = pattern.fullmatch(path.name)
-                if match:
+                if match and _regular(path):  # a link or folder of that name is not ours
                     found.append((int(match.group(1)), path))
         return sorted(found)
 
     def save_checkpoint(self, state: dict, keep: int) -> Path:
         """Write step ``state['step']``'s checkpoint, then remove all but this part's last ``keep``."""
         path = self.root / CHECKPOINTS / f"{self.part}-{state['step']:08d}.pt"
-        _save({"format": CHECKPOINT_FORMAT, "part": self.part, **state}, path)
+        _save({"format": CHECKPOINT_FORMAT, "part": self.part, **state}, path, self.root)
         for _, old in self.checkpoints()[:-keep]:
             old.unlink(missing_ok=True)
         return path
@@ -193,9 +220,9 @@ class RunFolder:
     def export(self, model: torch.nn.Module, ema) -> list:
         """The weights as plain state_dicts: the raw ones, and the EMA copy when there is one."""
         written = [self.files["raw"]]
-        _save(_state_dict(model), self.files["raw"])
+        _save(_state_dict(model), self.files["raw"], self.root)
         if ema is not None:
-            _save(_state_dict(ema), self.files["ema"])
+            _save(_state_dict(ema), self.files["ema"], self.root)
             written.append(self.files["ema"])
         return written
 
@@ -210,12 +237,13 @@ class RunFolder:
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in rows])
-        with atomic_path(self.files["log"]) as tmp:
+        with atomic_path(self.files["log"], self.root) as tmp:
             Path(tmp).write_text(text.getvalue(), encoding="utf-8")
         steps, losses = [r[0] for r in rows], [r[1] for r in rows]
-        line_plot(self.files["plot"], {f"{self.part} loss": (steps, losses)}, y_label="loss", log_y=True)
+        line_plot(self.files["plot"], {f"{self.part} loss": (steps, losses)}, y_label="loss", log_y=True,
+                  root=self.root)
 
     def write_samples(self, grid, step: int) -> Path:
         path = self.root / SAMPLES / f"step-{step:08d}.png"
-        save_png(grid, path)
+        save_png(grid, path, self.root)
         return path

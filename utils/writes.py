@@ -13,11 +13,12 @@ class RunStopped(Exception):
     """No more outputs can be written; the message says why and where."""
 
 
-def write_or_fail(result, bridge, rel, path, fn, *args) -> bool:
-    """``fn(*args)`` writes ``path`` (atomically: no partial file is left) and counts it. Returns whether
-    it did; a file that cannot be written fails its input, a full disk raises ``RunStopped``."""
+def write_or_fail(result, bridge, rel, path, fn, *args, **kwargs) -> bool:
+    """``fn(*args, **kwargs)`` writes ``path`` (atomically: no partial file is left) and counts it. Returns
+    whether it did; a file that cannot be written (or something in its way: ``utils.images.NotOurs``)
+    fails its input, a full disk raises ``RunStopped``."""
     try:
-        fn(*args)
+        fn(*args, **kwargs)
         result.files_written += 1
         return True
     except OSError as e:
