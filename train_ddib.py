@@ -1,6 +1,6 @@
 """Train the models a DDIB bridge needs on your own image folders.
 
-    accelerate launch train_ddib.py -c configs/64x64_diffusion.yaml --data_dir DATA --save_dir RUN
+    accelerate launch -q train_ddib.py -c configs/64x64_diffusion.yaml --data_dir DATA --save_dir RUN
     python sample_ddib.py -c RUN/config.yaml --weights RUN/ema.pt --input_dir IN --save_dir OUT \\
         --class_A cat --class_B dog
 

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the diffusion model (guided-diffusion's ADM UNet) or the noisy classifier that a DDIB "
                     "bridge needs, on a folder of images: class subfolders give a class-conditional model with "
                     "the folder names as class names, one folder of images an unconditional one.",
-        epilog="Several GPUs: accelerate launch --multi_gpu --num_processes N train_ddib.py ...; rerunning the same "
+        epilog="Several GPUs: accelerate launch -q --multi_gpu --num_processes N train_ddib.py ...; rerunning the same "
                "command into the same --save_dir continues from its latest checkpoint.")
     p.add_argument("-c", "--config", help="model YAML (configs/*.yaml): the network's sizes and the noise schedule; "
                                           "its class count is taken from the data (required)")
