@@ -46,25 +46,18 @@ def claim_save_dir(args, cfg_A, cfg_B, plan, accelerator):
     symlinks, files it did not make). Nothing is recorded yet: ``record_settings`` does that once the
     run is going to translate. The main process checks; every process stops on its verdict. Returns
     the settings to record (main process) or None."""
-    from .lock import SaveFolderLock
+    from .lock import RECORD
     from .settings import check_settings, run_settings
 
-    error, settings = None, None
-    if accelerator.is_main_process:
-        try:
-            HELD.append(SaveFolderLock(args.save_dir))
-            settings = run_settings(args, cfg_A, cfg_B, plan)
-            recorded = check_settings(args.save_dir, settings, args.overwrite)
-            check_save_folder(args.save_dir, plan, recorded)
-        except UserError as e:
-            error = str(e)
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-        with with_peers():
-            error = broadcast_object_list([error])[0]
-    if error:
-        raise UserError(error)
-    return settings
+    settings = []
+
+    def check():
+        settings.append(run_settings(args, cfg_A, cfg_B, plan))
+        recorded = check_settings(args.save_dir, settings[0], args.overwrite)
+        check_save_folder(args.save_dir, plan, recorded)
+
+    claim_folder(args.save_dir, accelerator, check, RECORD)
+    return settings[0] if settings else None
 
 
 def check_save_folder(save_dir, plan, recorded: bool) -> None:
@@ -80,9 +73,10 @@ def check_save_folder(save_dir, plan, recorded: bool) -> None:
 
 
 def claim_folder(save_dir, accelerator, check, record: str):
-    """The training script's claim on its run folder: locked for this run, then ``check()`` (which raises
-    UserError to refuse it) on the main process; every process stops on its verdict. ``record`` names
-    the settings record that says a run began (without it the lock leaves no trace, as for sampling)."""
+    """A script's claim on the folder it writes (a save folder, a run folder): locked for this run, then
+    ``check()`` (which raises UserError to refuse it) on the main process; every process stops on its
+    verdict. ``record`` names the settings record whose presence says a run began (without it, releasing
+    the lock leaves no trace)."""
     from .lock import SaveFolderLock
 
     error = None
