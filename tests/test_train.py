@@ -256,9 +256,15 @@ def test_bad_data_folders_are_one_line_errors(config, tmp_path, capsys, kind, me
     assert not (tmp_path / "run").exists()  # a refused run leaves no folder behind
 
 
-def test_usage_errors(config, data, tmp_path, capsys):
+def test_usage_errors(config, data, tmp_path, capsys, monkeypatch):
     code, _, err = train(capsys, *common(config, data, data / "run", 2))
     assert code == 2 and "--save_dir must not be inside --data_dir" in err
+    monkeypatch.chdir(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    for blank in ("", "  "):  # an unset variable is no folder: never the current one, nor one named "  "
+        code, _, err = train(capsys, *common(config, data, blank, 2))
+        assert code == 2 and "--save_dir is empty" in error_line(err), err
+        assert sorted(os.listdir(tmp_path)) == before
     code, _, err = train(capsys, *common(config, data, tmp_path / "run", 2, "--batch_size", 6, "--micro_batch", 4))
     assert code == 2 and "--micro_batch 4 must divide each process's share of the batch, 6 images" in err
     code, _, err = train(capsys, *common(config, data, tmp_path / "run", 2, "--resume"))

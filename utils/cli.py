@@ -124,15 +124,25 @@ PATH_FLAGS = ("config", "weights", "input_dir", "save_dir", "config_B", "weights
               "manifest", "from_latents")
 
 
-def check_given(args) -> None:
+def check_given(args, paths=PATH_FLAGS, classes=("class_A", "class_B")) -> None:
     """An empty or blank value (an unset shell variable: ``--save_dir "$OUT"``) is no path and no
-    class: refused like a missing one, never read as the current folder."""
-    for dest in PATH_FLAGS + ("class_A", "class_B"):
+    class: refused like a missing one, never read as the current folder. Both scripts check their own
+    ``paths`` (argument names) this way."""
+    for dest in tuple(paths) + tuple(classes):
         value = getattr(args, dest, None)
         if value is not None and not value.strip():
             flag = "--" + dest if dest != "config" else "-c/--config"
             raise UserError(f"{flag} is empty{' (an unset variable?)' if value == '' else ''}; give "
-                            + ("a path" if dest in PATH_FLAGS else "a class"))
+                            + ("a path" if dest in paths else "a class"))
+
+
+def check_apart(in_flag: str, inp: Path, out: Path, why: str) -> None:
+    """The folder read (``in_flag``) and the save folder must not hold each other: ``why`` says what
+    would go wrong."""
+    if _inside(inp, out):
+        raise UserError(f"{in_flag} must not be --save_dir or inside it: {why}")
+    if _inside(out, inp):
+        raise UserError(f"--save_dir must not be inside {in_flag}: {why}")
 
 
 def check_paths(args) -> None:
@@ -163,10 +173,7 @@ def check_paths(args) -> None:
     inp, out = Path(args.input_dir), Path(args.save_dir)
     if not inp.is_dir():
         raise UserError(f"--input_dir: not a folder: {inp}")
-    if _inside(inp, out):
-        raise UserError("--input_dir must not be --save_dir or inside it: outputs would be read back as inputs")
-    if _inside(out, inp):
-        raise UserError("--save_dir must not be inside --input_dir: outputs would be read back as inputs")
+    check_apart("--input_dir", inp, out, "outputs would be read back as inputs")
     if out.exists() and not out.is_dir():
         raise UserError(f"--save_dir exists and is not a folder: {out}")
     if args.from_latents is not None and not Path(args.from_latents).is_dir():

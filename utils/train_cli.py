@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from .argparser import ArgumentParser
+from .cli import check_apart, check_given
 from .errors import UserError, printable
 from .train_data import CLASS_MODES
 from .train_run import PARTS
@@ -115,13 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    child, parent = child.resolve(), parent.resolve()
-    return child == parent or parent in child.parents
-
-
 def check_args(args) -> None:
     """Every check that needs no data and no model."""
+    check_given(args, paths=("config", "data_dir", "save_dir"), classes=())
     for flag, value in (("--config", args.config), ("--data_dir", args.data_dir), ("--save_dir", args.save_dir)):
         if value is None:
             raise UserError(f"{flag} is required")
@@ -130,10 +127,7 @@ def check_args(args) -> None:
     data, save = Path(args.data_dir), Path(args.save_dir)
     if not data.is_dir():
         raise UserError(f"--data_dir: not a folder: {printable(args.data_dir)}")
-    if _inside(data, save):
-        raise UserError("--data_dir must not be --save_dir or inside it")
-    if _inside(save, data):
-        raise UserError("--save_dir must not be inside --data_dir: samples and weights would become training data")
+    check_apart("--data_dir", data, save, "samples and weights would become training data")
     if save.exists() and not save.is_dir():
         raise UserError(f"--save_dir exists and is not a folder: {printable(args.save_dir)}")
     if args.part == "classifier" and args.classes == "none":
