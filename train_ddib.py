@@ -81,8 +81,8 @@ def run(args) -> int:
 
     def check():
         folder.check_settings(settings)
+        folder.check_writable()  # first: a config.yaml of the user's is theirs, not "another model"
         folder.check_config(cfg_run)
-        folder.check_writable()
         if args.resume and not folder.checkpoints():
             raise UserError(f"--resume: no {args.part} checkpoint in {printable(args.save_dir)}/checkpoints to "
                             "continue from")

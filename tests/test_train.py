@@ -285,6 +285,18 @@ def test_usage_errors(config, data, tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == "error: argument --ema: must be a number in [0.0, 1.0), got '1'\n"
 
 
+def test_a_users_files_in_the_save_folder_are_never_replaced(config, data, tmp_path, capsys):
+    """A folder where no run recorded itself holds the user's files, whatever their names."""
+    for name in ("ema.pt", "loss.csv", "config.yaml", "skipped.csv", "checkpoints/unet-00000002.pt"):
+        save = tmp_path / name.replace("/", "_")
+        (save / name).parent.mkdir(parents=True)
+        (save / name).write_bytes(b"a user's file")
+        code, _, err = train(capsys, *common(config, data, save, 2))
+        assert code == 2 and f"{name} is already there and no run of this tool recorded it" in error_line(err), err
+        assert (save / name).read_bytes() == b"a user's file"
+        assert sorted(p.relative_to(save).as_posix() for p in save.rglob("*") if p.is_file()) == [name]
+
+
 def test_class_folders_in_label_order():
     assert class_order(["10", "b", "2", "A", "0", "1", "3", "4", "5", "6", "7", "8", "9"]) == \
         ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "A", "b"]

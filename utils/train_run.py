@@ -177,6 +177,23 @@ class RunFolder:
             if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
                 raise UserError(f"{printable(str(folder))} is not a folder of this tool (a link or a file); move it "
                                 "away or train into another --save_dir")
+        found = self._unrecorded_file()
+        if found is not None:
+            raise UserError(f"{printable(str(found))} is already there and no run of this tool recorded it; this tool "
+                            "never replaces what it did not write: move it away or train into another --save_dir")
+
+    def _unrecorded_file(self):
+        """A file where this part writes, in a folder where it never ran (no record: every run records
+        before it writes): the user's, then. config.yaml and skipped.csv belong to the run folder, so
+        they are the user's only where no part ran."""
+        if os.path.lexists(self.settings):
+            return None
+        candidates = [*self.files.values(), *(path for _, path in self.checkpoints())]
+        if self.part == "unet" and (self.root / SAMPLES).is_dir():
+            candidates += sorted(p for p in (self.root / SAMPLES).iterdir() if re.fullmatch(r"step-\d+\.png", p.name))
+        if not any(os.path.lexists(RunFolder(self.root, part).settings) for part in PARTS):
+            candidates += [self.config, self.root / "skipped.csv"]
+        return next((path for path in candidates if _regular(path)), None)
 
     # -- checkpoints --------------------------------------------------------------------------------
 
