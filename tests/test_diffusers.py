@@ -175,6 +175,13 @@ def test_class_conditional_unet_eps_pipeline_folder(models, tmp_path):
                                                    "unet/diffusion_pytorch_model.safetensors",
                                                    "scheduler/scheduler_config.json"}
     assert settings["--clip_x0"] is True and settings["-c"]["family"] == "diffusers"
+    # the pipeline's unet/ given alone is the same model: its pipeline's files, by their paths there
+    assert sample_ddib.main(["--input_dir", str(models / "images"), "--save_dir", str(tmp_path / "alone"),
+                             "--respace_steps", str(STEPS), "--t_end", str(T_END), "--weights",
+                             str(models / "eps" / "unet"), "--class_A", "1", "--class_B", "3"]) == 0
+    assert np.array_equal(_outputs(tmp_path / "alone"), _outputs(tmp_path / "out"))
+    alone = json.loads((tmp_path / "alone" / "_ddib" / "settings.json").read_text())
+    assert alone["--weights"] == settings["--weights"]
 
 
 def test_class_conditional_unet_v_prediction_model_folder(models, tmp_path):

@@ -122,8 +122,9 @@ def _hub_problem(repo_id: str, error: Exception, offline: bool) -> str:
 
 @dataclass
 class Layout:
-    """Where a diffusers model's parts are: the denoiser's folder, the VAE's (latent models), the
-    scheduler config, and the pipeline's model_index.json (or {})."""
+    """Where a diffusers model's parts are: the folder holding them all (a pipeline's, also for its unet/
+    or transformer/ given alone), the denoiser's folder, the VAE's (latent models), the scheduler
+    config, and the pipeline's model_index.json (or {})."""
     root: Path
     model: Path
     vae: Optional[Path]
@@ -150,7 +151,7 @@ def find_layout(folder: Path, shown=None) -> Layout:
     vae = home / "vae" if home != model and (home / "vae" / "config.json").is_file() else None
     scheduler = next((p for p in (home / "scheduler" / SCHEDULER_CONFIG, model / SCHEDULER_CONFIG,
                                   home / SCHEDULER_CONFIG) if p.is_file()), None)
-    return Layout(folder, model, vae, scheduler, index)
+    return Layout(home, model, vae, scheduler, index)
 
 
 def _read_json(path: Path) -> dict:
@@ -178,8 +179,9 @@ def _weight_files(folder: Path, required: bool = True) -> list:
     return []
 
 
-def model_files(weights) -> list:
-    """Every file a diffusers model is loaded from (configs and weights), for the settings record."""
+def model_files(weights) -> dict:
+    """Every file a diffusers model is loaded from (configs and weights), by its path in the folder
+    that holds them all, for the settings record."""
     layout = find_layout(local_folder(weights))
     files = [layout.root / "model_index.json"] if layout.index and (layout.root / "model_index.json").is_file() \
         else []
@@ -187,7 +189,7 @@ def model_files(weights) -> list:
         files += [part / "config.json"] + _weight_files(part)
     if layout.scheduler is not None:
         files.append(layout.scheduler)
-    return files
+    return {f.relative_to(layout.root).as_posix(): f for f in files}
 
 
 # --- what the model is ------------------------------------------------------------------------------------

@@ -25,11 +25,10 @@ def file_identity(path):
     SHA-256 by its path in the folder, and one SHA-256 over those."""
     if path is None:
         return None
-    from .diffusers_loading import is_diffusers_source, local_folder, model_files
+    from .diffusers_loading import is_diffusers_source, model_files
 
     if is_diffusers_source(path):
-        root = local_folder(path)
-        files = {f.relative_to(root).as_posix(): file_identity(f) for f in model_files(path)}
+        files = {name: file_identity(f) for name, f in model_files(path).items()}
         combined = hashlib.sha256(json.dumps({k: v["sha256"] for k, v in sorted(files.items())}).encode())
         return {"bytes": sum(v["bytes"] for v in files.values()), "sha256": combined.hexdigest(),
                 "files": {k: v["sha256"] for k, v in sorted(files.items())}}
