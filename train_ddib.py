@@ -175,10 +175,15 @@ def _report(args, folder, outcome, recipe, data):
           + (f"; weights {', '.join(printable(str(p)) for p in outcome.weights)}" if outcome.weights else ""),
           flush=True)
     if args.part == "unet" and not (outcome.stopped or outcome.error):
-        classes = f" --class_A {data.class_names[0]} --class_B {data.class_names[-1]}" if data.class_names else ""
-        print(f"translate with: python sample_ddib.py -c {printable(str(folder.config))} --weights "
-              f"{printable(str(folder.weights_for_sampling(recipe.ema > 0)))} --input_dir IN --save_dir OUT"
-              f"{classes}", flush=True)
+        import shlex
+
+        def word(text):  # one shell word, whatever spaces or quotes a folder or class name holds
+            return shlex.quote(printable(str(text)))
+
+        classes = (f" --class_A {word(data.class_names[0])} --class_B {word(data.class_names[-1])}"
+                   if data.class_names else "")
+        print(f"translate with: python sample_ddib.py -c {word(folder.config)} --weights "
+              f"{word(folder.weights_for_sampling(recipe.ema > 0))} --input_dir IN --save_dir OUT{classes}", flush=True)
 
 
 def main(argv=None) -> int:

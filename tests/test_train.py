@@ -7,6 +7,7 @@ import csv
 import errno
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from PIL import Image
 
 from conftest import ROOT
 
+import sample_ddib  # noqa: E402
 import train_ddib  # noqa: E402
 from diffusions import alphas_cumprod  # noqa: E402
 from diffusions.losses import q_sample, unet_loss, variational_term  # noqa: E402
@@ -295,6 +297,23 @@ def test_a_users_files_in_the_save_folder_are_never_replaced(config, data, tmp_p
         assert code == 2 and f"{name} is already there and no run of this tool recorded it" in error_line(err), err
         assert (save / name).read_bytes() == b"a user's file"
         assert sorted(p.relative_to(save).as_posix() for p in save.rglob("*") if p.is_file()) == [name]
+
+
+def test_the_printed_command_translates_with_spaces_in_names(config, tmp_path, capsys):
+    """The 'translate with:' line is a shell command: names with spaces stay one word each."""
+    data, run = tmp_path / "my data", tmp_path / "my run"
+    rng = np.random.default_rng(0)
+    for name, colour in (("Persian cat", (220, 30, 30)), ("dog", (30, 30, 220))):
+        (data / name).mkdir(parents=True)
+        _image(data / name / "0.png", colour, (8, 8), rng)
+    code, out, _ = train(capsys, *common(config, data, run, 1, "--batch_size", 2, "--sample_every", 0))
+    assert code == 0, out
+    line = next(line for line in out.splitlines() if line.startswith("translate with: python sample_ddib.py "))
+    argv = [str(tmp_path / "translated") if a == "OUT" else str(data / "dog") if a == "IN" else a
+            for a in shlex.split(line.split(" sample_ddib.py ", 1)[1])]
+    assert argv[argv.index("--class_B") + 1] == "Persian cat"
+    assert sample_ddib.main(argv + ["--respace_steps", "2"]) == 0
+    assert (tmp_path / "translated" / "0.png").is_file()
 
 
 def test_class_folders_in_label_order():
