@@ -159,6 +159,7 @@ def test_config_class_names_through_the_cli_the_api_and_the_gallery(tmp_path, ca
     (NAMES[:9] + ["Cat"], "class_names 0 and 9 are both 'Cat'"),
     (["5"] + NAMES[1:], "class_names\\[0\\] is '5', a number other than its own label 0"),
     (NAMES[:9] + [""], "must be a list of non-empty names"),
+    (NAMES[:9] + ["cat, tabby"], "class_names\\[9\\] is 'cat, tabby': ',' and ';' separate several classes"),
 ])
 def test_config_class_names_are_checked(tmp_path, names, match):
     from utils.config import load_config

@@ -231,8 +231,8 @@ def _bad(tmp_path, kind):
     elif kind == "one class":
         (root / "cats").mkdir(parents=True)
         _image(root / "cats" / "0.png", (1, 2, 3), (8, 8), rng)
-    elif kind in ("mixed", "numbers with a gap", "class unreadable"):
-        names = ["1", "2"] if kind == "numbers with a gap" else ["a", "b"]
+    elif kind in ("mixed", "numbers with a gap", "class unreadable", "comma"):
+        names = {"numbers with a gap": ["1", "2"], "comma": ["a,b", "c"]}.get(kind, ["a", "b"])
         for name in names:
             (root / name).mkdir(parents=True)
             if kind == "class unreadable" and name == "b":
@@ -251,6 +251,7 @@ def _bad(tmp_path, kind):
     ("mixed", "has images both directly in it (1) and in subfolders"),
     ("numbers with a gap", "must be 0, 1, 2, … without gaps"),
     ("class unreadable", "class folder(s) 'b' hold no readable image"),
+    ("comma", "the class folders cannot all be class names: class_names[0] is 'a,b': ',' and ';' separate"),
 ])
 def test_bad_data_folders_are_one_line_errors(config, tmp_path, capsys, kind, message):
     code, _, err = train(capsys, *common(config, _bad(tmp_path, kind), tmp_path / "run", 2))

@@ -115,7 +115,8 @@ class _PlainLoader(yaml.SafeLoader):
 
 def check_class_names(names, num_classes) -> list:
     """``class_names``: one distinct, non-empty name per label. A name that is a number must be its own
-    label, or ``--class_B 2`` could mean two different classes."""
+    label, or ``--class_B 2`` could mean two different classes; a name holds no ',' or ';', which
+    separate several classes in ``--class_B`` and the manifest."""
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
         raise UserError("config section 'class_names' must be a list of non-empty names, one per class label")
     if num_classes is None or len(names) != num_classes:
@@ -129,6 +130,9 @@ def check_class_names(names, num_classes) -> list:
         if name.strip().lstrip("-").isdigit() and int(name) != label:
             raise UserError(f"class_names[{label}] is {name!r}, a number other than its own label {label}: "
                             "a class given as a number would be ambiguous")
+        if "," in name or ";" in name:
+            raise UserError(f"class_names[{label}] is {printable(repr(name), 60)}: ',' and ';' separate several "
+                            "classes in --class_B and the manifest, so no name can hold them")
     return list(names)
 
 
