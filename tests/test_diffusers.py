@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import ROOT
+
 diffusers = pytest.importorskip("diffusers")
 from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, DiTPipeline,  # noqa: E402
                        DiTTransformer2DModel, UNet2DModel)
@@ -326,12 +328,15 @@ def test_hub_id_from_the_cache_offline(models):
 
 
 def test_mistakes_are_one_line(models, tmp_path, capsys):
-    """Guidance a model cannot take, clipping a latent, text-conditioned models, a missing file."""
+    """Guidance a model cannot take, clipping a latent, text-conditioned models, a missing file, a
+    diffusers config for a checkpoint file."""
     cases = [(["--weights", models / "eps", "--class_A", 1, "--class_B", 2, "--cfg_scale", 2], "--cfg_scale"),
              (["--weights", models / "dit", "--class_A", 1, "--class_B", 2, "--clip_x0"], "--clip_x0 clips"),
              (["--weights", models / "dit", "--class_A", 1, "--class_B", 2, "--cfg_scale", "nan"], "finite"),
              (["--weights", tmp_path / "absent.safetensors"], "file not found"),
-             (["--weights", models / "uncond_a", "--weights_B", models / "dit"], "denoise different spaces")]
+             (["--weights", models / "uncond_a", "--weights_B", models / "dit"], "denoise different spaces"),
+             (["-c", models / "v" / "scheduler_config.json", "--weights", ROOT / "assets" / "digits_unet.pt",
+               "--class_A", 1, "--class_B", 2], "is a diffusers config (DDIMScheduler), not one of this tool's")]
     text_model = tmp_path / "sd" / "unet"
     text_model.mkdir(parents=True)
     (text_model / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "sample_size": 64}))

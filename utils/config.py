@@ -159,6 +159,10 @@ def check_config(raw, where: str = "the config") -> dict:
     if not isinstance(raw, dict):
         raise UserError(f"{where} must be a mapping with sections {', '.join(SECTIONS)}")
     unknown = [k for k in raw if k not in SECTIONS]
+    if "_class_name" in raw:  # a diffusers config.json or scheduler_config.json: JSON is YAML too
+        raise UserError(f"{where} is a diffusers config ({printable(str(raw['_class_name']), 60)}), not one of this "
+                        "tool's model YAMLs (configs/); a checkpoint file needs its YAML, and a diffusers model "
+                        "is given as its folder")
     if unknown:
         raise UserError(f"unknown section(s) in {where}: {', '.join(map(repr, unknown))}; "
                         f"allowed: {', '.join(SECTIONS)}")
