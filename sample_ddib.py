@@ -37,7 +37,8 @@ def run(args) -> int:
 
     check_paths(args)
     cfg_A = model_config(args.config, args.weights)
-    cfg_B = cfg_A if args.weights_B is None and args.config_B is None else model_config(args.config_B, args.weights_B)
+    cfg_B = (cfg_A if args.weights_B is None and args.config_B is None
+             else model_config(args.config_B, args.weights_B, "--config_B"))
     check_bridgeable(cfg_A, cfg_B)
     if args.clip_x0 is None:
         args.clip_x0 = default_clip_x0(cfg_B)

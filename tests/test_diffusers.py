@@ -6,6 +6,7 @@ their output layers are scaled down and the bridge stops at t = 300, so images s
 level means something (each comparison also checks how much of the image is unsaturated)."""
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -336,7 +337,9 @@ def test_mistakes_are_one_line(models, tmp_path, capsys):
              (["--weights", tmp_path / "absent.safetensors"], "file not found"),
              (["--weights", models / "uncond_a", "--weights_B", models / "dit"], "denoise different spaces"),
              (["-c", models / "v" / "scheduler_config.json", "--weights", ROOT / "assets" / "digits_unet.pt",
-               "--class_A", 1, "--class_B", 2], "is a diffusers config (DDIMScheduler), not one of this tool's")]
+               "--class_A", 1, "--class_B", 2], "is a diffusers config (DDIMScheduler), not one of this tool's"),
+             (["--weights", models / "uncond_a", "--weights_B", models / "uncond_b", "--config_B",
+               models / "uncond_b" / "scheduler" / "scheduler_config.json"], "its own scheduler config (")]
     text_model = tmp_path / "sd" / "unet"
     text_model.mkdir(parents=True)
     (text_model / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "sample_size": 64}))
@@ -345,6 +348,7 @@ def test_mistakes_are_one_line(models, tmp_path, capsys):
         assert _run(models, tmp_path, *argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
+        assert "-c" in argv or not re.search(r"[\s(]-c\b", err), err  # a message names the flag given
     assert not (tmp_path / "out").exists()  # refused before anything is written
     with pytest.raises(UserError, match="cfg_scale.*null class"):
         DDIB.from_pretrained(models / "v", steps=2).generate(torch.zeros(1, 3, SIZE, SIZE), class_B=1, cfg_scale=2)

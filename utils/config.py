@@ -194,15 +194,16 @@ def check_config(raw, where: str = "the config") -> dict:
     return cfg
 
 
-def model_config(config, weights) -> dict:
+def model_config(config, weights, flag: str = "-c") -> dict:
     """One side's config dict: a diffusers model (a folder or hub id as ``weights``) describes itself,
-    ``config`` then being at most its scheduler config; a checkpoint file needs its YAML ``config``."""
+    ``config`` then being at most its scheduler config; a checkpoint file needs its YAML ``config``.
+    ``flag`` names ``config`` in messages."""
     from .diffusers_loading import describe, is_diffusers_source
 
     if is_diffusers_source(weights):
-        return describe(weights, schedule_from=config)
+        return describe(weights, schedule_from=config, flag=flag)
     if config is None:
-        raise UserError("a checkpoint file needs its config (-c); a diffusers model folder or hub id needs none")
+        raise UserError(f"a checkpoint file needs its config ({flag}); a diffusers model folder or hub id needs none")
     return load_config(config)
 
 

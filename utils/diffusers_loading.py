@@ -250,20 +250,21 @@ def _schedule(sched: dict, where: str) -> dict:
     return section
 
 
-def _scheduler_config(layout: Layout, schedule_from, shown: str) -> tuple:
-    """(scheduler config, where it came from): the folder's own, or -c's when the folder has none."""
+def _scheduler_config(layout: Layout, schedule_from, shown: str, flag: str = "-c") -> tuple:
+    """(scheduler config, where it came from): the folder's own, or ``flag``'s (-c, --config_B) when the
+    folder has none."""
     if schedule_from is not None:
         if layout.scheduler is not None:
-            raise UserError(f"{shown} has its own scheduler config ({printable(str(layout.scheduler))}); drop -c")
+            raise UserError(f"{shown} has its own scheduler config ({printable(str(layout.scheduler))}); drop {flag}")
         path = Path(schedule_from)
         path = path / SCHEDULER_CONFIG if path.is_dir() else path
         if path.suffix.lower() != ".json" or not path.is_file():
-            raise UserError(f"-c for a diffusers model folder is its scheduler's {SCHEDULER_CONFIG}, "
+            raise UserError(f"{flag} for a diffusers model folder is its scheduler's {SCHEDULER_CONFIG}, "
                             f"got {printable(str(schedule_from))}")
         return _read_json(path), printable(str(path))
     if layout.scheduler is None:
         raise UserError(f"{shown} has no {SCHEDULER_CONFIG} (in scheduler/ or beside config.json): give the "
-                        f"schedule the model was trained with as -c {SCHEDULER_CONFIG}")
+                        f"schedule the model was trained with as {flag} {SCHEDULER_CONFIG}")
     return _read_json(layout.scheduler), printable(str(layout.scheduler))
 
 
@@ -313,11 +314,11 @@ def _class_names(index: dict, num_classes: Optional[int]) -> Optional[list]:
         return None
 
 
-def describe(weights, schedule_from=None) -> dict:
+def describe(weights, schedule_from=None, flag: str = "-c") -> dict:
     """A diffusers model (folder or hub id) as a config dict: family ``diffusers``; ``model`` with the
     class, config.json, the image size read and written, the channels and size of the denoised state,
     classes, null class and prediction type; ``diffusion`` the schedule; ``codec`` the VAE or None.
-    ``schedule_from``: -c, a scheduler config for a folder that has none."""
+    ``schedule_from``: a scheduler config for a folder that has none, given as ``flag``."""
     from diffusions.denoisers import PREDICTION_TYPES
 
     require_diffusers()
@@ -326,7 +327,7 @@ def describe(weights, schedule_from=None) -> dict:
     config = _read_json(layout.model / "config.json")
     where = printable(str(layout.model / "config.json"))
     cls = _model_class(config, where)
-    sched, sched_where = _scheduler_config(layout, schedule_from, shown)
+    sched, sched_where = _scheduler_config(layout, schedule_from, shown, flag)
     prediction = sched.get("prediction_type") or ("sample" if sched.get("predict_epsilon") is False else "epsilon")
     if prediction not in PREDICTION_TYPES:
         raise UserError(f"{sched_where}: prediction_type {printable(repr(prediction), 40)} is not one of "
