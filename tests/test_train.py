@@ -245,7 +245,7 @@ def _bad(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("empty", "holds no images"),
+    ("empty", "holds no images (looked for .bmp .gif .jpeg .jpg .png .tif .tiff .webp)"),
     ("unreadable", "none of its 2 image file(s) can be read"),
     ("one class", "has one class folder only ('cats'); a class-conditional model needs two or more"),
     ("mixed", "has images both directly in it (1) and in subfolders"),

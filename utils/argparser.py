@@ -23,6 +23,17 @@ def _likeness(flag: str) -> str:
     return _spelling(flag.lstrip("-")).lower()
 
 
+def positive_int(value: str) -> int:
+    """An argument type: an integer of at least 1, or argparse's one-line error."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return n
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` with no abbreviations, dash/underscore spellings and one-line errors."""
 

@@ -6,24 +6,14 @@ from pathlib import Path
 
 from diffusions import RESPACE_TYPES, SOLVERS
 
-from .argparser import ArgumentParser
+from .argparser import ArgumentParser, positive_int
 from .errors import UserError
 
 DEFAULT_RESPACE_STEPS = 100
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
-    return n
-
-
 def _micro_batch(value: str):
-    return value if value == "auto" else _positive_int(value)
+    return value if value == "auto" else positive_int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with s = total_steps // respace_steps, guided-diffusion's ddimN), uniform-linspace, "
                         "uniform-trailing, quad (dense near t=0), logsnr (uniform in log-SNR: for the higher-order "
                         "solvers), none (all total_steps). Default: uniform")
-    p.add_argument("--t_end", type=_positive_int, help="last timestep, where the inversion stops (default: what "
+    p.add_argument("--t_end", type=positive_int, help="last timestep, where the inversion stops (default: what "
                                                        "--respace_type gives, e.g. 990 at 100 uniform steps)")
-    p.add_argument("--respace_steps", type=_positive_int, default=DEFAULT_RESPACE_STEPS,
+    p.add_argument("--respace_steps", type=positive_int, default=DEFAULT_RESPACE_STEPS,
                    help=f"number of timesteps for each half of the bridge (default: {DEFAULT_RESPACE_STEPS})")
     p.add_argument("--solver", default="ddim", choices=sorted(SOLVERS),
                    help="the ODE solver of both halves (inversion runs it forward in time) (default: ddim)")

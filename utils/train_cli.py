@@ -4,7 +4,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .argparser import ArgumentParser
+from .argparser import ArgumentParser, positive_int
 from .cli import check_apart, check_given
 from .errors import UserError, printable
 from .train_data import CLASS_MODES
@@ -13,16 +13,6 @@ from .training import LR_SCHEDULES
 
 # what a part trains without --ema: guided-diffusion keeps an EMA of the UNet, none of the classifier
 DEFAULT_EMA = {"unet": 0.9999, "classifier": 0.0}
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
-    return n
 
 
 def _count(value: str) -> int:
@@ -68,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders: each subfolder of --data_dir is a class; none: every image below --data_dir, one "
                         "unconditional domain; auto (default): folders when the images lie in subfolders, none when "
                         "they lie directly in --data_dir")
-    p.add_argument("--steps", type=_positive_int, default=10000, help="optimizer steps in all (default: 10000)")
-    p.add_argument("--batch_size", type=_positive_int, default=64,
+    p.add_argument("--steps", type=positive_int, default=10000, help="optimizer steps in all (default: 10000)")
+    p.add_argument("--batch_size", type=positive_int, default=64,
                    help="images per optimizer step, over all processes together (default: 64)")
-    p.add_argument("--micro_batch", type=_positive_int,
+    p.add_argument("--micro_batch", type=positive_int,
                    help="images per forward pass in each process; smaller than the process's share of the batch "
                         "means gradient accumulation (default: the whole share)")
     p.add_argument("--lr", type=_number(0.0), default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
@@ -95,19 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="insist on continuing from a checkpoint in --save_dir (a rerun into a run folder does "
                         "anyway; this makes a missing one an error)")
-    p.add_argument("--log_every", type=_positive_int, default=50, help="steps per loss-log row (default: 50)")
-    p.add_argument("--save_every", type=_positive_int, default=1000, help="steps per checkpoint (default: 1000)")
-    p.add_argument("--keep", type=_positive_int, default=3, help="checkpoints kept, the latest (default: 3)")
+    p.add_argument("--log_every", type=positive_int, default=50, help="steps per loss-log row (default: 50)")
+    p.add_argument("--save_every", type=positive_int, default=1000, help="steps per checkpoint (default: 1000)")
+    p.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept, the latest (default: 3)")
     p.add_argument("--sample_every", type=_count, default=1000,
                    help="steps per sample grid from the EMA UNet in SAVE_DIR/samples/, 0 for none (default: 1000)")
-    p.add_argument("--sample_steps", type=_positive_int, default=50,
+    p.add_argument("--sample_steps", type=positive_int, default=50,
                    help="DDIM steps of the sample grids (default: 50)")
     p.add_argument("--workers", type=_count,
                    help="data-loading worker processes per training process (default: 0 when the images fit in "
                         "memory, else 4); the first read of the folder uses this many threads")
     p.add_argument("--cache_mb", type=_number(0.0), default=2048,
                    help="keep the decoded images in memory when they take at most this many MB (default: 2048)")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads per process for torch (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads per process for torch (default: torch's)")
     p.add_argument("--mixed_precision", choices=("auto", "no", "fp16", "bf16"), default="auto",
                    help="auto (default): bf16 autocast on a GPU that has it (fp16 with loss scaling otherwise), or "
                         "what accelerate launch was given; float32 on the CPU; no: float32 everywhere")

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from .errors import UserError, printable
-from .images import ImageReadError, image_seed, load_image, scan_images
+from .images import IMAGE_EXTENSIONS, ImageReadError, image_seed, load_image, scan_images
 
 CLASS_MODES = ("auto", "folders", "none")
 
@@ -82,6 +82,10 @@ def _visible_subfolders(root: Path) -> list:
         raise UserError(f"--data_dir {printable(str(root))} cannot be read: {e.strerror or type(e).__name__}") from None
 
 
+def _no_images(shown: str) -> str:
+    return f"--data_dir {shown} holds no images (looked for {' '.join(sorted(IMAGE_EXTENSIONS))})"
+
+
 def find_images(data_dir, classes: str = "auto", exclude=None):
     """(relative paths, labels or None, class names or None) of a data folder.
 
@@ -96,7 +100,7 @@ def find_images(data_dir, classes: str = "auto", exclude=None):
     if classes == "none":
         files = scan_images(root, exclude=exclude)
         if not files:
-            raise UserError(f"--data_dir {shown} holds no images (jpg, png, bmp, webp, tif, gif)")
+            raise UserError(_no_images(shown))
         return files, None, None
     top = [p for p in scan_images(root, exclude=exclude) if len(p.parts) == 1]
     per_class = {}
@@ -116,7 +120,7 @@ def find_images(data_dir, classes: str = "auto", exclude=None):
                         f"(such as {printable(top[0].as_posix())}): move them into a class folder, or pass "
                         "--classes none for one unconditional domain")
     if not per_class:
-        raise UserError(f"--data_dir {shown} holds no images (jpg, png, bmp, webp, tif, gif)")
+        raise UserError(_no_images(shown))
     if len(per_class) == 1:
         only = next(iter(per_class))
         raise UserError(f"--data_dir {shown} has one class folder only ({printable(only)!r}); a class-conditional "
