@@ -341,7 +341,7 @@ def _config(config, weights, what: str) -> dict:
     already checked), a path or None goes to ``model_config`` (a diffusers folder needs none)."""
     if isinstance(config, dict):
         return config if config.get("family") == "diffusers" else check_config(config, f"the {what} dict")
-    return model_config(config, weights, what)
+    return model_config(config, weights)
 
 
 def check_bridgeable(cfg_A, cfg_B) -> None:
