@@ -76,7 +76,7 @@ def run(args) -> int:
         clip_x0=args.clip_x0, seed=args.seed, cfg_scale=args.cfg_scale,
         **({} if args.classifier_scale is None else {"classifier_scale": args.classifier_scale}))
     if accelerator.is_main_process:
-        _begin(args, settings, plan, warn)
+        _begin(args, ddib, settings, plan, warn)
     with with_peers():
         accelerator.wait_for_everyone()  # the start barrier: no process writes before the record
     if args.overwrite and not accelerator.is_main_process:
@@ -119,14 +119,17 @@ def run(args) -> int:
     return 1 if counts[2] or not reported else 0
 
 
-def _begin(args, settings, plan, warn):
+def _begin(args, ddib, settings, plan, warn):
     """The models load and fit, and there is something to translate: clean up and record the run (main
     process, before the start barrier)."""
     from utils.errors import UserError
+    from utils.folder import check_from_latents
     from utils.images import remove_temporaries
     from utils.reports import remove_reports
     from utils.settings import record_settings
 
+    if args.from_latents is not None:
+        check_from_latents(ddib.bridge, plan, Path(args.from_latents))
     remove_temporaries(args.save_dir)  # ours alone: the lock keeps other runs out of this folder
     if args.overwrite:
         remove_reports(args.save_dir)  # they describe outputs about to be made again

@@ -245,6 +245,17 @@ def test_latents_round_trip(tmp_path, capsys):
     for name in ["0.png", "1.png"]:
         assert (tmp_path / "regen" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
     capsys.readouterr()
+    # latents that no image can use, or none at all: one line, and the save folder is left as it was
     assert _run(*common[:-1], 4, "--save_dir", tmp_path / "bad", "--class_B", 5,
-                "--from_latents", tmp_path / "first") == 0
-    assert "made with other timesteps" in capsys.readouterr().err
+                "--from_latents", tmp_path / "first") == 2
+    err = capsys.readouterr().err
+    assert "nothing to translate" in err and "made with other timesteps" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+    assert _run(*common, "--save_dir", tmp_path / "none", "--class_B", 5, "--from_latents", tmp_path / "direct") == 2
+    err = capsys.readouterr().err
+    assert "holds no latent for the 2 image(s)" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "none").exists()
+    (tmp_path / "first" / "_latents" / "1.pt").unlink()  # one usable latent: the other image is skipped
+    assert _run(*common, "--save_dir", tmp_path / "part", "--class_B", 5, "--from_latents", tmp_path / "first") == 0
+    assert (tmp_path / "part" / "0.png").is_file() and not (tmp_path / "part" / "1.png").exists()
+    assert "no saved latent" in capsys.readouterr().err

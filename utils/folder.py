@@ -294,6 +294,32 @@ def plan_folder(input_dir, save_dir, class_A, class_B, manifest, cfg_A: dict, cf
     return Plan(jobs, unplanned, layout, [job for job in jobs if layout.work(job)])
 
 
+def check_from_latents(bridge: Bridge, plan: Plan, from_latents: Path) -> None:
+    """At least one image still to do has a latent in ``from_latents`` that these settings can use;
+    else every image would be skipped, so the run is refused before anything is recorded. Stops at
+    the first usable latent: a good folder costs one read."""
+    from .errors import UserError
+
+    ts, first = bridge.timesteps(), None
+    for job in plan.todo:
+        path = plan.layout.latent(job.rel, from_latents)
+        if not path.is_file():
+            continue
+        latent = load_latent(path, ts, bridge.alphas_cumprod, bridge.sampling.solver, bridge.state_shape,
+                             **bridge.latent_space)
+        if torch.is_tensor(latent):
+            return
+        first = first or latent
+    if first is not None:
+        raise UserError(f"nothing to translate: no latent in --from_latents {printable(str(from_latents))} can be "
+                        f"used with these settings ({first})")
+    if plan.todo:
+        example = printable(str(plan.layout.latent(plan.todo[0].rel, from_latents)))
+        raise UserError(f"nothing to translate: --from_latents {printable(str(from_latents))} holds no latent for "
+                        f"the {len(plan.todo)} image(s) to do (looked for {example}, as --save_latents writes it; "
+                        "give that run's --save_dir)")
+
+
 def gallery_rows(plan: Plan, input_dir: Path, cycle_rows, class_name) -> list:
     """One gallery row per input with at least one finished translation (this run's or an earlier
     one's), captioned with ``class_name(label)`` and its cycle PSNR where there is one. The source is
