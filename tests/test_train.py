@@ -315,6 +315,14 @@ def test_the_printed_command_translates_with_spaces_in_names(config, tmp_path, c
     assert argv[argv.index("--class_B") + 1] == "Persian cat"
     assert sample_ddib.main(argv + ["--respace_steps", "2"]) == 0
     assert (tmp_path / "translated" / "0.png").is_file()
+    # the run folder itself as weights: one line naming the two files to give, on either side
+    capsys.readouterr()
+    for flags in (["--weights", run], ["-c", run / "config.yaml", "--weights", run],
+                  ["-c", run / "config.yaml", "--weights", run / "ema.pt", "--weights_B", run]):
+        assert sample_ddib.main([str(a) for a in flags] + argv[argv.index("--input_dir"):]) == 2
+        err = error_line(capsys.readouterr().err)
+        side = "_B" if "--weights_B" in flags else ""
+        assert "is a training run's folder" in err and f"--weights{side} {shlex.quote(f'{run}/ema.pt')}" in err, err
 
 
 def test_class_folders_in_label_order():

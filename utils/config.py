@@ -201,10 +201,25 @@ def model_config(config, weights, flag: str = "-c") -> dict:
     from .diffusers_loading import describe, is_diffusers_source
 
     if is_diffusers_source(weights):
+        _refuse_run_folder(weights, flag)
         return describe(weights, schedule_from=config, flag=flag)
     if config is None:
         raise UserError(f"a checkpoint file needs its config ({flag}); a diffusers model folder or hub id needs none")
     return load_config(config)
+
+
+def _refuse_run_folder(weights, flag: str) -> None:
+    """A train_ddib.py run folder as weights: name the two files of it a translation takes (its
+    config.yaml and ema.pt), rather than call it a diffusers model without a config.json."""
+    folder = Path(weights)
+    if (folder / "config.yaml").is_file() and not (folder / "config.json").is_file() and any(
+            (folder / name).is_file() for name in ("ema.pt", "model.pt")):
+        import shlex
+
+        side = "_B" if flag == "--config_B" else ""
+        shown = printable(str(folder))
+        raise UserError(f"{shown} is a training run's folder: translate with its files, "
+                        f"{flag} {shlex.quote(shown + '/config.yaml')} --weights{side} {shlex.quote(shown + '/ema.pt')}")
 
 
 MAX_PARAMETERS = 4_000_000_000  # the largest guided-diffusion UNet has 0.56 billion
