@@ -7,7 +7,7 @@ from pathlib import Path
 from diffusions import RESPACE_TYPES, SOLVERS
 
 from .argparser import ArgumentParser, positive_int
-from .errors import UserError
+from .errors import UserError, printable
 
 DEFAULT_RESPACE_STEPS = 100
 
@@ -126,13 +126,18 @@ def check_given(args, paths=PATH_FLAGS, classes=("class_A", "class_B")) -> None:
                             + ("a path" if dest in paths else "a class"))
 
 
-def check_apart(in_flag: str, inp: Path, out: Path, why: str) -> None:
-    """The folder read (``in_flag``) and the save folder must not hold each other: ``why`` says what
-    would go wrong."""
+def check_folders(in_flag: str, inp, out, why: str) -> None:
+    """The folder read (``in_flag``) is a folder, the save folder is one or not there yet, and neither
+    holds the other: ``why`` says what would go wrong if one did."""
+    inp, out = Path(inp), Path(out)
+    if not inp.is_dir():
+        raise UserError(f"{in_flag}: not a folder: {printable(str(inp))}")
     if _inside(inp, out):
         raise UserError(f"{in_flag} must not be --save_dir or inside it: {why}")
     if _inside(out, inp):
         raise UserError(f"--save_dir must not be inside {in_flag}: {why}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--save_dir exists and is not a folder: {printable(str(out))}")
 
 
 def check_paths(args) -> None:
@@ -160,12 +165,7 @@ def check_paths(args) -> None:
             raise UserError(f"{flag}: file not found: {value}")
     if args.config is None and not diffusers_A:
         raise UserError("--config is required for a checkpoint file (a diffusers folder or hub id needs none)")
-    inp, out = Path(args.input_dir), Path(args.save_dir)
-    if not inp.is_dir():
-        raise UserError(f"--input_dir: not a folder: {inp}")
-    check_apart("--input_dir", inp, out, "outputs would be read back as inputs")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--save_dir exists and is not a folder: {out}")
+    check_folders("--input_dir", args.input_dir, args.save_dir, "outputs would be read back as inputs")
     if args.from_latents is not None and not Path(args.from_latents).is_dir():
         raise UserError(f"--from_latents: not a folder: {args.from_latents}")
 

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from .argparser import ArgumentParser, positive_int
-from .cli import check_apart, check_given
+from .cli import check_folders, check_given
 from .errors import UserError, printable
 from .train_data import CLASS_MODES
 from .train_run import PARTS
@@ -114,12 +114,7 @@ def check_args(args) -> None:
             raise UserError(f"{flag} is required")
     if not Path(args.config).is_file():
         raise UserError(f"--config: file not found: {printable(args.config)}")
-    data, save = Path(args.data_dir), Path(args.save_dir)
-    if not data.is_dir():
-        raise UserError(f"--data_dir: not a folder: {printable(args.data_dir)}")
-    check_apart("--data_dir", data, save, "samples and weights would become training data")
-    if save.exists() and not save.is_dir():
-        raise UserError(f"--save_dir exists and is not a folder: {printable(args.save_dir)}")
+    check_folders("--data_dir", args.data_dir, args.save_dir, "samples and weights would become training data")
     if args.part == "classifier" and args.classes == "none":
         raise UserError("--part classifier needs classes: it learns to tell the class folders apart")
     if args.ema is None:
