@@ -76,16 +76,6 @@ def classifier_free(model, y: torch.Tensor, scale: float, alphas_cumprod: torch.
     return denoise
 
 
-def from_eps(eps_fn: EpsFn, alphas_cumprod: torch.Tensor) -> Denoiser:
-    """x₀ = √(1/ᾱ_t)·x − √(1/ᾱ_t − 1)·ε(x, t)."""
-
-    def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
-        recip, recipm1 = coefficients(alphas_cumprod[t].item())
-        return recip * x - recipm1 * eps_fn(x, t)
-
-    return denoise
-
-
 def clipped(denoise: Denoiser) -> Denoiser:
     """x₀ clipped to the image range [-1, 1]."""
     return lambda x, t: denoise(x, t).clamp(-1, 1)

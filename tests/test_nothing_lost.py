@@ -2,7 +2,6 @@
 listed with a reason, no output overwrites another, and every run reaches its summary."""
 
 import errno
-import itertools
 import os
 import random
 import signal

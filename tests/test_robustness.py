@@ -1,6 +1,5 @@
 """Bad files, unusual images, bad arguments, interruption and numerics."""
 
-import contextlib
 import os
 import signal
 import subprocess

@@ -8,7 +8,6 @@ steps must reach the solver's order.
 """
 
 import math
-from functools import partial
 
 import numpy as np
 import pytest

@@ -1,6 +1,7 @@
 """The one exception type for mistakes a user can make; the script prints it as one line."""
 
 import re
+import stat
 
 
 class UserError(Exception):
@@ -31,3 +32,9 @@ def printable(text: str, limit: int = MESSAGE_LIMIT) -> str:
         if len(out) > limit:
             return "".join(out[:limit]) + " …"
     return "".join(out)
+
+
+def file_kind(mode: int) -> str:
+    """What an ``lstat`` mode is, for a message: a symlink, a folder, a FIFO, a file, or not a regular file."""
+    return "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else \
+        "a FIFO" if stat.S_ISFIFO(mode) else "a file" if stat.S_ISREG(mode) else "not a regular file"

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .errors import file_kind
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 TEMP_SUFFIX = ".ddib-tmp"  # partial outputs; never a valid image name, removed by the next run
 MAX_PIXELS = 178_956_970  # refuse larger images (decompression bombs): about 13,000 × 13,000
@@ -275,8 +277,7 @@ def in_the_way(path) -> str:
         return ""
     if stat.S_ISREG(mode):
         return ""
-    return "is a symlink" if stat.S_ISLNK(mode) else "is a folder" if stat.S_ISDIR(mode) else \
-        "is not a regular file"
+    return "is " + file_kind(mode)
 
 
 def real_folders(folder: Path, root: Path) -> None:
@@ -292,9 +293,8 @@ def real_folders(folder: Path, root: Path) -> None:
             pass
         mode = os.lstat(current).st_mode
         if not stat.S_ISDIR(mode):
-            why = "is a symlink" if stat.S_ISLNK(mode) else "is a file"
             raise NotOurs(errno.ELOOP if stat.S_ISLNK(mode) else errno.ENOTDIR,
-                          f"{why} where the save folder needs a folder of its own", str(current))
+                          f"is {file_kind(mode)} where the save folder needs a folder of its own", str(current))
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import UserError, printable
+from .errors import UserError, file_kind, printable
 
 TOOL_DIR = "_ddib"  # the tool's own files in the save folder (lock, settings record)
 RECORD = "settings.json"  # the settings record (utils.settings): its presence means a run began here
@@ -23,11 +23,6 @@ try:
     import fcntl
 except ImportError:  # not POSIX: no locking, runs must not share a folder
     fcntl = None
-
-
-def _kind(mode: int) -> str:
-    return "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else \
-        "a FIFO" if stat.S_ISFIFO(mode) else "a file" if stat.S_ISREG(mode) else "not a regular file"
 
 
 def prepare_save_dir(save_dir, created=None) -> Path:
@@ -49,7 +44,7 @@ def prepare_save_dir(save_dir, created=None) -> Path:
     except FileNotFoundError:
         mode = None
     if mode is not None and not stat.S_ISDIR(mode):
-        raise UserError(f"{printable(str(tool))} is {_kind(mode)}, where this tool keeps its records; move it "
+        raise UserError(f"{printable(str(tool))} is {file_kind(mode)}, where this tool keeps its records; move it "
                         "away or choose another --save_dir")
     try:
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +70,7 @@ def _open_lock(path: Path) -> int:
         fd = os.open(path, flags, 0o666)
     except OSError as e:
         try:
-            kind = _kind(os.lstat(path).st_mode)
+            kind = file_kind(os.lstat(path).st_mode)
         except OSError:
             kind = ""
         if kind or e.errno in (errno.ELOOP, errno.EISDIR):
@@ -85,7 +80,7 @@ def _open_lock(path: Path) -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise UserError(f"{printable(str(path))} is {_kind(mode)}; the lock must be a regular file of this tool: "
+        raise UserError(f"{printable(str(path))} is {file_kind(mode)}; the lock must be a regular file of this tool: "
                         "remove it and rerun")
     return fd
 

@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import UserError, printable
+from .errors import UserError, file_kind, printable
 from .lock import RECORD, TOOL_DIR
 
 
@@ -89,6 +89,17 @@ RECORD_LIMIT = 16 << 20  # bytes; a settings record is a few KB (a config with i
 REDO = "redo"  # present while an --overwrite run is unfinished; its time is the redo's start
 
 
+def load_record(path):
+    """The JSON object a record file holds, or None when it holds none (unreadable, larger than
+    RECORD_LIMIT, not JSON, nested too deep, or not an object)."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(RECORD_LIMIT + 1)) if os.fstat(f.fileno()).st_size <= RECORD_LIMIT else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_record(save_dir, damaged_ok: bool = False):
     """The recorded settings (a dict), or None when the folder holds no record. A record that is not
     a regular file is a one-line error; so is one that cannot be read as one JSON object, unless
@@ -99,15 +110,10 @@ def read_record(save_dir, damaged_ok: bool = False):
     except (FileNotFoundError, NotADirectoryError):
         return None
     if not stat.S_ISREG(mode):
-        kind = "a symlink" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-        raise UserError(f"{printable(str(path))} is {kind}, where this tool records a run's settings; remove it "
+        raise UserError(f"{printable(str(path))} is {file_kind(mode)}, where this tool records a run's settings; remove it "
                         "(and pass --overwrite to redo the folder's outputs) or choose another --save_dir")
-    try:
-        with open(path, "rb") as f:
-            old = json.loads(f.read(RECORD_LIMIT + 1)) if os.fstat(f.fileno()).st_size <= RECORD_LIMIT else None
-    except (OSError, ValueError, RecursionError):
-        old = None
-    if not isinstance(old, dict):
+    old = load_record(path)
+    if old is None:
         if damaged_ok:
             return {}
         raise UserError(f"{printable(str(path))} is damaged; pass --overwrite to redo the folder's outputs "
@@ -167,10 +173,3 @@ def finish_redo(save_dir) -> None:
     if os.path.isfile(path) and not os.path.islink(path):
         path.unlink(missing_ok=True)
 
-
-def check_and_record(save_dir, settings: dict, overwrite: bool) -> None:
-    """Refuse a rerun whose settings differ from the recorded ones (unless ``overwrite``); record them.
-    (A run records only once it is really going to work: ``check_settings`` first, then
-    ``record_settings``.)"""
-    check_settings(save_dir, settings, overwrite)
-    record_settings(save_dir, settings)

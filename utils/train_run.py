@@ -26,7 +26,6 @@ import yaml
 from .errors import UserError, printable
 from .images import atomic_path, in_the_way, save_png
 from .lock import TOOL_DIR
-from .settings import RECORD_LIMIT
 
 PARTS = ("unet", "classifier")
 CHECKPOINTS, SAMPLES, CONFIG = "checkpoints", "samples", "config.yaml"
@@ -139,18 +138,12 @@ class RunFolder:
     def check_settings(self, settings: dict) -> None:
         """Refuse a rerun whose settings differ from those this part recorded, naming each change: its
         checkpoints were made with the recorded ones."""
-        from .settings import changes
+        from .settings import changes, load_record
 
         if not os.path.lexists(self.settings):
             return
-        old = None
-        if _regular(self.settings):
-            try:
-                with open(self.settings, "rb") as f:
-                    old = json.loads(f.read(RECORD_LIMIT + 1)) if os.fstat(f.fileno()).st_size <= RECORD_LIMIT else None
-            except (OSError, ValueError, RecursionError):
-                pass
-        if not isinstance(old, dict):
+        old = load_record(self.settings) if _regular(self.settings) else None
+        if old is None:
             raise UserError(f"{printable(str(self.settings))} is damaged or not a file of this tool; train into "
                             "another --save_dir")
         diff = changes(old, settings)
