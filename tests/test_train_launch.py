@@ -54,16 +54,23 @@ def _losses(run):
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
 
 
+def _straight_then_signalled(start, env, setup, tmp_path, name, step, signum):
+    """A 40-step run straight through into tmp_path/straight, then the same run into tmp_path/name sent
+    ``signum`` once its checkpoint of ``step`` exists; returns the signalled Run."""
+    code, output = Run(start + _args(setup, tmp_path / "straight", 40), env, tmp_path, "straight").wait(300)
+    assert code == 0, output[-3000:]
+    run = tmp_path / name
+    first = Run(start + _args(setup, run, 40), env, tmp_path, "first")
+    _poll(lambda: (run / "checkpoints" / f"unet-{step:08d}.pt").exists() or first.proc.poll() is not None, 300,
+          f"the checkpoint of step {step}")
+    first.proc.send_signal(signum)
+    return first
+
+
 def test_sigkill_then_rerun_ends_with_the_uninterrupted_weights(setup, tmp_path):
     python, env = _python()
-    code, output = Run(python + _args(setup, tmp_path / "straight", 40), env, tmp_path, "straight").wait(300)
-    assert code == 0, output[-3000:]
-
     killed = tmp_path / "killed"
-    first = Run(python + _args(setup, killed, 40), env, tmp_path, "first")
-    _poll(lambda: (killed / "checkpoints" / "unet-00000015.pt").exists() or first.proc.poll() is not None, 300,
-          "the checkpoint of step 15")
-    first.proc.send_signal(signal.SIGKILL)
+    first = _straight_then_signalled(python, env, setup, tmp_path, "killed", 15, signal.SIGKILL)
     code, output = first.wait(60)
     assert code == -signal.SIGKILL, f"the run ended before it was killed: {output[-2000:]}"
     code, output = Run(python + _args(setup, killed, 40), env, tmp_path, "rerun").wait(300)
@@ -74,14 +81,9 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_weights(setup, tmp_path)
 
 def test_sigterm_under_accelerate_launch_saves_the_step_then_rerun_finishes(setup, tmp_path):
     launch, env = _launcher(1)
-    code, output = Run(launch + _args(setup, tmp_path / "straight", 40), env, tmp_path, "straight").wait(300)
-    assert code == 0, output[-3000:]
-
     stopped = tmp_path / "stopped"
-    first = Run(launch + _args(setup, stopped, 40), env, tmp_path, "first")
-    _poll(lambda: (stopped / "checkpoints" / "unet-00000010.pt").exists() or first.proc.poll() is not None, 300,
-          "the checkpoint of step 10")
-    first.proc.send_signal(signal.SIGTERM)  # to the launcher: its worker follows it and stops after its step
+    # SIGTERM to the launcher: its worker follows it and stops after its step
+    first = _straight_then_signalled(launch, env, setup, tmp_path, "stopped", 10, signal.SIGTERM)
     code, output = first.wait(120)
     assert code != 0
     _poll(lambda: not first.processes(), 60, "every process to end")

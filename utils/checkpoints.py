@@ -89,6 +89,11 @@ def _fitting_configs_hint(state: dict, model: torch.nn.Module) -> str:
     return "no config in configs/ fits them either: check that -c (or --config_B) belongs to these weights"
 
 
+def nonfinite(tensors) -> list:
+    """The names of the floating-point tensors among (name, tensor) pairs that hold NaN or inf."""
+    return [name for name, v in tensors if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def load_weights(model: torch.nn.Module, path, what: str = "model") -> None:
     """Load ``path`` into ``model`` strictly; a mismatch names the first differing keys and counts them."""
     path = Path(path)
@@ -111,7 +116,7 @@ def load_weights(model: torch.nn.Module, path, what: str = "model") -> None:
                  f"mis-shaped (checkpoint vs config) {_listing(shaped, 2)}" if shaped else ""]
         raise UserError(f"{what} weights {path} do not match the config: "
                         + "; ".join(p for p in parts if p) + "; " + _fitting_configs_hint(state, model))
-    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    broken = nonfinite(state.items())
     if broken:
         raise UserError(f"{what} weights {printable(str(path))} hold NaN or inf values in {_listing(broken, 2)}: "
                         "every image would fail; the file is damaged or from a training run that diverged")

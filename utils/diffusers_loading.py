@@ -401,7 +401,9 @@ def _label_rows(module) -> Optional[int]:
 
 
 def _check_finite(module, folder: Path) -> None:
-    bad = [name for name, p in module.named_parameters() if not p.isfinite().all()]
+    from .checkpoints import nonfinite
+
+    bad = nonfinite(module.named_parameters())
     if bad:
         raise UserError(f"the weights in {printable(str(folder))} hold NaN or inf values ({len(bad)} tensors, "
                         f"first {printable(bad[0], 80)})")

@@ -17,7 +17,7 @@ from .bridge import Bridge
 from .errors import printable
 from .images import ImageReadError, load_image, psnr, save_png, side_by_side, to_tensor, to_uint8
 from .outputs import PAIRS_DIR, Layout, load_latent, save_latent
-from .reports import CYCLE, FAILURES, cycle_values, mean_cycle, read_rows, remove_shares, write_report
+from .reports import CYCLE, FAILURES, class_cell, cycle_values, mean_cycle, read_rows, remove_reports, write_report
 from .writes import RunStopped, write_or_fail
 
 
@@ -224,7 +224,7 @@ def write_reports(save_dir: Path, problems, cycle_rows, suffix: str = "", whole:
     if cycle_rows or whole:
         write_report(save_dir, CYCLE, cycle_rows, suffix)
     if whole and not suffix:
-        remove_shares(save_dir)
+        remove_reports(save_dir, shares_only=True)
     return where, mean_cycle(cycle_rows)
 
 
@@ -241,7 +241,7 @@ def folder_rows(plan, problems, cycle_rows) -> tuple:
     values = {}
     for path, class_A, class_B, value in read_rows(layout.save_dir, CYCLE) + [tuple(map(_cell, r)) for r in cycle_rows]:
         job = by_rel.get(path)
-        target = int(class_B) if class_B not in ("", "None") else None
+        target = class_cell(class_B)
         if job is not None and target in job.targets and layout.fresh(layout.output(job.rel, target)):
             values[(path, target)] = (path, class_A, class_B, value)
     return problems, sorted(values.values())
@@ -326,7 +326,7 @@ def gallery_rows(plan: Plan, input_dir: Path, cycle_rows, class_name) -> list:
     the copy in the save folder where there is one, so the page survives moving the folder."""
     from .gallery import GalleryRow, Translation
 
-    psnrs = {(r[0], _label(r[2])): float(r[3]) for r in cycle_rows}
+    psnrs = {(r[0], class_cell(r[2])): float(r[3]) for r in cycle_rows}
     rows = []
     for job in plan.jobs:
         paths = {t: plan.layout.output(job.rel, t) for t in job.targets}
@@ -338,10 +338,6 @@ def gallery_rows(plan: Plan, input_dir: Path, cycle_rows, class_name) -> list:
             source = copy if plan.layout.fresh(copy) else Path(input_dir) / job.rel
             rows.append(GalleryRow(str(source), job.rel.as_posix(), class_name(job.class_A), outputs))
     return rows
-
-
-def _label(text):
-    return None if text in ("", "None", None) else int(text)
 
 
 def folder_counts(plan: Plan, problems) -> dict:

@@ -56,7 +56,7 @@ def _from_tensor(x: torch.Tensor, where: str, size: int, channels: int) -> torch
         if x.shape[0] not in (1, 2, 3, 4):
             raise UserError(f"{where}: an integer tensor image is CHW with 1 to 4 channels; got shape "
                             f"{tuple(x.shape)}")
-        return _from_array(x.detach().cpu().permute(1, 2, 0).numpy(), where, size)
+        return _from_image(x.detach().cpu().permute(1, 2, 0).numpy(), where, size)
     if tuple(x.shape) != (channels, size, size):
         hint = " (channels last? a tensor image is CHW)" if x.shape[-1] == channels and x.shape[0] != channels \
             else "; give a PIL image or an array to have it resized" if x.shape[0] == channels else ""
@@ -68,9 +68,10 @@ def _from_tensor(x: torch.Tensor, where: str, size: int, channels: int) -> torch
     return x
 
 
-def _from_array(arr: np.ndarray, where: str, size: int) -> torch.Tensor:
+def _from_image(image, where: str, size: int) -> torch.Tensor:
+    """A PIL image or a numpy array, read by the rules of files, resized and cropped to ``size``."""
     try:
-        return _to_unit(pil_to_array(array_to_image(arr), size))
+        return _to_unit(pil_to_array(array_to_image(image) if isinstance(image, np.ndarray) else image, size))
     except ImageReadError as e:
         raise UserError(f"{where}: {e}") from None
 
@@ -106,13 +107,8 @@ def image_batch(images, size: int, channels: int) -> torch.Tensor:
         where = f"image {i}"
         if torch.is_tensor(item):
             out.append(_from_tensor(item, where, size, channels))
-        elif isinstance(item, np.ndarray):
-            out.append(_from_array(item, where, size))
-        elif isinstance(item, Image.Image):
-            try:
-                out.append(_to_unit(pil_to_array(item, size)))
-            except ImageReadError as e:
-                raise UserError(f"{where}: {e}") from None
+        elif isinstance(item, (np.ndarray, Image.Image)):
+            out.append(_from_image(item, where, size))
         elif isinstance(item, (str, os.PathLike)):
             out.append(_from_path(item, where, size))
         else:

@@ -133,17 +133,13 @@ def import_libraries(libraries=SAMPLING_LIBRARIES):
     """Import the heavy libraries (and the script's own ``libraries``) with Ctrl-C and SIGTERM held back:
     a signal that lands inside an import leaves a module half made (numpy then fails on every later
     import). A held signal becomes an interruption, exit 130, once the imports are done (about a second)."""
-    held = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda s, f: held.append(s))
     try:
-        for name in ("accelerate", "torch", "tqdm", *libraries):
-            importlib.import_module(name)
-    finally:
+        with signals_held():
+            for name in ("accelerate", "torch", "tqdm", *libraries):
+                importlib.import_module(name)
+    finally:  # whatever handlers there were, from here on Ctrl-C and SIGTERM interrupt
         signal.signal(signal.SIGINT, signal.default_int_handler)
         interrupt_on_sigterm()
-    if held:
-        raise KeyboardInterrupt
 
 
 @contextmanager

@@ -71,29 +71,28 @@ def read_rows(save_dir, kind: str) -> list:
     return rows
 
 
+def class_cell(text):
+    """A class column's cell as the label it was written from: an int, or None (an empty cell)."""
+    return None if text in ("", "None", None) else int(text)
+
+
 def cycle_values(rows) -> dict:
     """(path, class_B) → PSNR from cycle.csv rows (class_B as the int it was, or None)."""
     values = {}
     for path, _, class_B, value in rows:
         try:
-            values[(path, int(class_B) if class_B else None)] = float(value)
+            values[(path, class_cell(class_B))] = float(value)
         except ValueError:
             continue
     return values
 
 
-def remove_shares(save_dir) -> None:
-    """Drop the per-process shares once a complete report holds their rows."""
+def remove_reports(save_dir, shares_only: bool = False) -> None:
+    """Remove this tool's reports and their per-process shares: all of them when an --overwrite run
+    starts (they describe outputs about to be replaced), the shares alone (``shares_only``) once a
+    complete report holds their rows."""
     for kind in (FAILURES, CYCLE):
-        for path in _shares(save_dir, kind)[1:]:
-            if is_ours(path, kind):
-                path.unlink(missing_ok=True)
-
-
-def remove_reports(save_dir) -> None:
-    """An --overwrite run starts: the old reports describe outputs about to be replaced."""
-    for kind in (FAILURES, CYCLE):
-        for path in _shares(save_dir, kind):
+        for path in _shares(save_dir, kind)[1 if shares_only else 0:]:
             if is_ours(path, kind):
                 path.unlink(missing_ok=True)
 

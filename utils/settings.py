@@ -42,13 +42,13 @@ def file_identity(path):
 
 def run_settings(args, cfg_A: dict, cfg_B: dict, plan) -> dict:
     """Everything that decides what an output looks like, keyed by the flag a user would change."""
+    from .cli import sampling_of
     from .jobs import FOLDER, all_targets
 
     flags_give_classes = not args.manifest
     folder_mode = flags_give_classes and args.class_A is not None and args.class_A.strip().lower() == FOLDER
     class_A = (FOLDER if folder_mode else plan.jobs[0].class_A if plan.jobs and flags_give_classes else None)
-    scale = args.classifier_scale if args.classifier_scale is not None else (
-        1.0 if args.classifier_weights is not None else 0.0)
+    scale = sampling_of(args).classifier_scale
     return json.loads(json.dumps({
         "-c": cfg_A, "--weights": file_identity(args.weights),
         "--config_B": cfg_B if args.config_B or cfg_B is not cfg_A else None,

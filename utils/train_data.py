@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from .errors import UserError, printable
-from .images import IMAGE_EXTENSIONS, ImageReadError, image_seed, load_image, scan_images
+from .images import IMAGE_EXTENSIONS, ImageReadError, image_seed, load_image, scan_images, to_tensor
 
 CLASS_MODES = ("auto", "folders", "none")
 
@@ -299,7 +299,7 @@ class TrainingSamples(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index, seed = key
         gen = torch.Generator().manual_seed(seed)
-        x0 = torch.from_numpy(np.ascontiguousarray(self.pixels(index))).permute(2, 0, 1).float() / 127.5 - 1.0
+        x0 = to_tensor([self.pixels(index)])[0]
         flip = bool(torch.rand((), generator=gen) < 0.5)  # drawn always: the other draws stay the same
         if self.flip and flip:
             x0 = x0.flip(-1)
