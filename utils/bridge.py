@@ -189,6 +189,10 @@ class Bridge:
         """What made model_A's latents: its network family and codec (recorded in saved latents)."""
         return {"family": getattr(self.model_A, "family", "adm"), "codec": self.codec_A.describe()}
 
+    def codec(self, side: str) -> Codec:
+        """The images ↔ states codec of side ``"A"`` or ``"B"``."""
+        return self.codec_A if side == "A" else self.codec_B
+
     def timesteps(self, sampling: Optional[Sampling] = None) -> list:
         return (sampling or self.sampling).timesteps(self.alphas_cumprod)
 
@@ -239,7 +243,7 @@ class Bridge:
         that side's codec first; returns (latents, ok)."""
         s = sampling or self.sampling
         x0, y, ts = x0.to(self.device), _labels(classes, self.device), self.timesteps(s)
-        codec = self.codec_A if side == "A" else self.codec_B
+        codec = self.codec(side)
         return self._guarded(lambda idx, nets: invert(nets[side], codec.encode(x0[idx]), None if y is None else y[idx],
                                                       self.alphas_cumprod, ts, solver=s.solver), len(x0))
 
@@ -250,7 +254,7 @@ class Bridge:
         Returns (images, ok)."""
         s = sampling or self.sampling
         latents, y, ts = latents.to(self.device), _labels(classes, self.device), self.timesteps(s)
-        codec = self.codec_A if side == "A" else self.codec_B
+        codec = self.codec(side)
 
         def fn(idx, nets):
             return codec.decode(generate(
